@@ -1,0 +1,207 @@
+"""`ganops <stage>`: the commands dvc.yaml calls. Each reads params once, calls the library, writes outputs.
+
+Paths are fixed relative to the project root (the cwd, as under DVC): one name per step —
+stage ``prepare`` -> ``data/prepared/``; stage ``train_gan`` -> ``models/gan/`` and ``metrics/train_gan*``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ganops.config import Params, ParamsError, load_params
+
+PREPARED = Path("data/prepared")
+GAN_OUT = Path("models/gan")
+METRICS = Path("metrics")
+
+app = typer.Typer(
+    help="ganops: train GANs on your own pictures, reproducibly. Each command is one pipeline stage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+log = logging.getLogger("ganops")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", help="Override a parameter, e.g. -S gan.lr_d=1e-4 (repeatable; validated)."),
+]
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _params(path: Path, overrides: list[str] | None) -> Params:
+    try:
+        return load_params(path, overrides or [])
+    except ParamsError as err:
+        _fail(str(err))
+        raise  # unreachable; keeps type checkers happy
+
+
+def _stop_on_signal() -> Callable[[int], bool]:
+    """First Ctrl-C / SIGTERM: finish the step, checkpoint, exit. Second Ctrl-C: abort at once."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: object) -> None:
+        if flag["stop"]:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return lambda step: flag["stop"]
+
+
+@app.command()
+def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Stage `prepare`: read the configured data source into data/prepared/ (tensors, manifest, report)."""
+    from ganops.data import DataError, save_prepared
+    from ganops.data import prepare as prepare_data
+
+    p = _params(params, set_)
+    try:
+        d = prepare_data(p.data)
+    except DataError as err:
+        _fail(str(err))
+    man = save_prepared(d, PREPARED)
+    typer.echo(
+        f"prepared {man['count']} images ({man['channels']}x{man['image_size']}x{man['image_size']}, "
+        f"source {man['source']}, {len(man['classes']) or 'no'} classes) -> {PREPARED}/"
+    )
+    if d.skipped:
+        typer.echo(f"skipped {len(d.skipped)} file(s); reasons in {PREPARED / 'report.json'}:")
+        for row in d.skipped[:10]:
+            typer.echo(f"  {row['file']}: {row['reason']}")
+        if len(d.skipped) > 10:
+            typer.echo(f"  ... and {len(d.skipped) - 10} more")
+
+
+def _write_train_metrics(history: list[dict[str, float]], final: dict[str, float]) -> None:
+    METRICS.mkdir(exist_ok=True)
+    (METRICS / "train_gan.json").write_text(json.dumps(final, indent=2) + "\n")
+    with open(METRICS / "train_gan_losses.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"])
+        w.writeheader()
+        for row in history:
+            w.writerow({**row, "step": int(row["step"])})
+
+
+@app.command("train-gan")
+def train_gan_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Stage `train_gan`: train the DCGAN on data/prepared/, log to MLflow, export models/gan/final/."""
+    from ganops.data import DataError, load_prepared
+    from ganops.devices import resolve_device
+    from ganops.tracking import TrackingError, start_run
+    from ganops.train_gan import load_resumable, settings_for, train_gan
+
+    p = _params(params, set_)
+    try:
+        images, _, man = load_prepared(PREPARED)
+        device = resolve_device(p.base.device)
+    except (DataError, RuntimeError) as err:
+        _fail(str(err))
+    if images.shape[-1] != p.data.image_size:
+        _fail(f"{PREPARED} holds {images.shape[-1]}px images but data.image_size is {p.data.image_size}: "
+              "run `ganops prepare` (or `dvc repro`) first")  # fmt: skip
+    seed, data_hash = p.base.seed, man["content_hash"]
+    prior = (
+        load_resumable(GAN_OUT / "checkpoint.pt", settings_for(images, p.gan, seed, data_hash))
+        if p.gan.resume
+        else None
+    )
+    entry = "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("GANOPS_ENTRY_POINT", "cli")
+    log.info("training on %s: %d images, device %s", man["source"], man["count"], device)
+    t0 = time.perf_counter()
+    try:
+        with start_run(
+            p,
+            entry_point=entry,
+            data_hash=data_hash,
+            resume_run_id=(prior or {}).get("meta", {}).get("mlflow_run_id"),
+        ) as run:
+            result = train_gan(
+                images, p.gan, GAN_OUT, seed=seed, device=device, data_hash=data_hash,
+                meta={"mlflow_run_id": run.run_id}, on_metrics=run.on_metrics, on_sample=run.on_sample,
+                should_stop=_stop_on_signal(), progress=progress,
+            )  # fmt: skip
+            if not result.completed:
+                _fail(
+                    f"stopped at step {result.step}; checkpoint in {result.checkpoint}: run again to resume",
+                    130,
+                )
+            final = {k: v for k, v in result.history[-1].items() if k != "step"} | {
+                "steps": result.step,
+                "train_seconds": round(time.perf_counter() - t0, 2),
+            }
+            _write_train_metrics(result.history, final)
+            run.log_metrics({"train_seconds": final["train_seconds"]})
+            assert result.export is not None
+            run.log_artifacts(result.export, "checkpoint")
+    except TrackingError as err:
+        _fail(str(err))
+    typer.echo(f"trained {result.step} steps -> {result.export}/ (MLflow run {run.run_id})")
+    typer.echo(f"final sample grid: {result.export / 'samples.png'}")
+
+
+@app.command()
+def summary() -> None:
+    """Print where the pipeline's results are and how to look at them."""
+    from ganops.tracking import tracking_uri
+
+    grid = GAN_OUT / "final" / "samples.png"
+    lines = ["", "ganops results:"]
+    if (PREPARED / "manifest.json").is_file():
+        man = json.loads((PREPARED / "manifest.json").read_text())
+        lines.append(
+            f"  data        {PREPARED}/  ({man['count']} images from {man['source']}, hash {man['content_hash'][:12]})"
+        )
+    if grid.is_file():
+        lines.append(f"  samples     {grid}  (grids per step in {GAN_OUT / 'samples'}/)")
+        lines.append(f"  generator   {GAN_OUT / 'final'}/  (weights + config.json)")
+    if (METRICS / "train_gan.json").is_file():
+        m = json.loads((METRICS / "train_gan.json").read_text())
+        lines.append(f"  metrics     {METRICS / 'train_gan.json'}  (loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}, "
+                     f"{m['steps']} steps in {m['train_seconds']:.0f} s)")  # fmt: skip
+    lines += [
+        "",
+        "look at them:",
+        f"  mlflow ui --backend-store-uri {tracking_uri()}     # runs, loss curves, sample grids",
+        "  dvc metrics show        # final losses",
+        "  dvc plots show          # loss curves as HTML",
+        "  dvc exp run -S gan.lr_d=0.0001 && dvc exp show     # a new experiment, compared",
+    ]
+    typer.echo("\n".join(lines))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Typed parameters: one pydantic model per `params.yaml` group, loaded once at the edge.
+
+Unknown keys and wrong types are errors that name the key (``gan.lr_dd``), never silent defaults.
+Command-line overrides (``--set gan.lr_d=1e-4``) go through the same validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ParamsError(ValueError):
+    """Invalid parameters; the message names every offending key."""
+
+
+class _Group(BaseModel):
+    # extra="forbid": a misspelled key must fail loudly instead of being ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Group):
+    seed: int = 0
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        ok = v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
+        if not ok:
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+DataSource = Literal["digits", "mnist", "fashion-mnist", "cifar10", "folder"]
+
+
+class DataParams(_Group):
+    source: DataSource = "digits"
+    root: str = "data/raw"
+    download: bool = False
+    split: Literal["train", "test"] = "train"
+    image_size: int = Field(32, ge=16, le=256)
+    channels: Literal[1, 3] | None = None
+    min_side: int = Field(16, ge=1)
+    limit: int = Field(0, ge=0)
+
+    @field_validator("image_size")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("must be a power of two (16, 32, 64, 128 or 256)")
+        return v
+
+
+class GanParams(_Group):
+    latent_dim: int = Field(64, ge=1)
+    ngf: int = Field(32, ge=1)
+    ndf: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=2)
+    steps: int = Field(1500, ge=1)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    sample_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(10, ge=1)
+    n_samples: int = Field(64, ge=1, le=1024)
+    resume: bool = True
+
+
+class TrackingParams(_Group):
+    experiment: str = Field("ganops", min_length=1)
+
+
+class Params(_Group):
+    base: BaseParams = BaseParams()
+    data: DataParams = DataParams()
+    gan: GanParams = GanParams()
+    tracking: TrackingParams = TrackingParams()
+
+    def flat(self) -> dict[str, Any]:
+        """Flatten to ``{"gan.lr_d": 0.0002, ...}`` (what MLflow logs as params)."""
+        return {f"{g}.{k}": v for g, group in self.model_dump().items() for k, v in group.items()}
+
+
+def _known_keys(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _format(err: ValidationError, origin: str) -> str:
+    known = _known_keys()
+    lines = [f"invalid parameters in {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(key, known, n=1)
+            msg = "unknown key" + (f" (did you mean {hint[0]}?)" if hint else "")
+        else:
+            msg = f"{e['msg']} (got {e.get('input')!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``group.key=value`` overrides applied (values parsed as YAML).
+
+    Raises:
+        ParamsError: an override is not of the form ``group.key=value``.
+    """
+    out = {g: dict(v) if isinstance(v, dict) else v for g, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ParamsError(f"override {item!r}: expected group.key=value, e.g. gan.lr_d=1e-4")
+        group, name = parts
+        section = out.setdefault(group, {})
+        if not isinstance(section, dict):
+            raise ParamsError(f"override {item!r}: {group} is not a group")
+        section[name] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def parse_params(raw: dict[str, Any] | None, overrides: list[str] = (), origin: str = "params") -> Params:  # type: ignore[assignment]
+    """Validate a raw params mapping (plus overrides) into :class:`Params`.
+
+    Args:
+        raw: the mapping read from params.yaml (``None`` for an empty file).
+        overrides: ``group.key=value`` strings applied on top, validated the same way.
+        origin: where the mapping came from, for error messages.
+
+    Returns:
+        The validated, frozen parameters.
+
+    Raises:
+        ParamsError: unknown key, wrong type or out-of-range value; the message names each key.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin}: expected a mapping of groups, got {type(raw).__name__}")
+    merged = apply_overrides(raw, list(overrides))
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as err:
+        raise ParamsError(_format(err, origin)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:  # type: ignore[assignment]
+    """Read and validate ``params.yaml``; see :func:`parse_params`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"parameters file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, overrides, origin=str(path))

@@ -1,0 +1,1 @@
+"""Networks: GAN generator/discriminator (``gan``)."""

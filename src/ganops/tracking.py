@@ -1,0 +1,178 @@
+"""The only module that talks to MLflow: tracking URI, run setup, metric / image / artifact logging.
+
+Default store: ``sqlite:///<project root>/mlflow.db`` (an absolute path, so every process — a DVC stage,
+a queued ``dvc exp run`` in a temp copy, ``mlflow ui`` — finds the same database), with artifacts in
+``<project root>/mlartifacts``. ``MLFLOW_TRACKING_URI`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ganops.config import Params
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; raised before any training starts."""
+
+
+def project_root() -> Path:
+    """The project folder: ``DVC_ROOT`` when DVC runs us (queued experiments too), else the cwd."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else an absolute sqlite URI at ``<root>/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with what to do, when the tracking store cannot be used.
+
+    Raises:
+        TrackingError: sqlite file not creatable / not a database, server not answering, file store.
+    """
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.parent.is_dir():
+            raise TrackingError(f"MLflow store {uri}: folder {path.parent} does not exist")
+        try:
+            with sqlite3.connect(path, timeout=timeout) as con:
+                con.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.Error as err:
+            raise TrackingError(f"MLflow store {uri} is not a usable sqlite database: {err}") from None
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                r.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not reachable ({err}); start it "
+                f"(`mlflow server --backend-store-uri sqlite:///mlflow.db`) or unset MLFLOW_TRACKING_URI "
+                "to log to the project's mlflow.db"
+            ) from None
+    elif uri.startswith("file:") or "://" not in uri:
+        raise TrackingError(
+            f"MLflow tracking URI {uri!r} is a file store, which MLflow 3 refuses; use sqlite:///<abs path>.db"
+        )
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's commit (suffixed ``-dirty`` when tracked files changed), or ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+class RunLogger:
+    """Callbacks for the training loop that log into one MLflow run (by id: safe from any thread)."""
+
+    def __init__(self, run_id: str):
+        from mlflow import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics, step=step, run_id=self.run_id)
+
+    def on_sample(self, step: int, png: Path) -> None:
+        from PIL import Image
+
+        with Image.open(png) as im:
+            # key + step: MLflow's UI shows the grids on a step slider
+            self.client.log_image(self.run_id, im.copy(), key="samples", step=step)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics, run_id=self.run_id)
+
+
+def _experiment_id(name: str, root: Path) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # Pin artifacts to <root>/mlartifacts: MLflow's default is ./mlruns relative to whatever the cwd is.
+    return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri())
+
+
+@contextmanager
+def start_run(
+    params: Params,
+    *,
+    entry_point: str,
+    data_hash: str,
+    run_name: str | None = None,
+    resume_run_id: str | None = None,
+    root: Path | None = None,
+) -> Iterator[RunLogger]:
+    """Open (or resume) an MLflow run with flattened params and provenance tags.
+
+    Args:
+        params: all parameters, logged flattened (``gan.lr_d``).
+        entry_point: what started the run (``dvc``, ``cli``, ``prefect``), logged as a tag.
+        data_hash: the prepared dataset's content hash, logged as tag ``dataset_hash``.
+        run_name: optional run name.
+        resume_run_id: continue this run (a resumed training) when it exists in the store.
+        root: project root (default :func:`project_root`).
+
+    Raises:
+        TrackingError: the store cannot be reached (checked before the run opens).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    root = root or project_root()
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    exp_id = _experiment_id(params.tracking.experiment, root)
+    run = None
+    if resume_run_id:
+        try:
+            if mlflow.get_run(resume_run_id).info.experiment_id == exp_id:
+                run = mlflow.start_run(run_id=resume_run_id)
+        except MlflowException:
+            run = None  # a checkpoint from another store: start a new run
+    resumed = run is not None
+    if run is None:
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+    with run:
+        if not resumed:
+            mlflow.log_params(params.flat())
+        tags = {
+            "git_commit": git_commit(root),
+            "dataset_hash": data_hash,
+            "entry_point": entry_point,
+            "data_source": params.data.source,
+        }
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+        mlflow.set_tags(tags)
+        yield RunLogger(run.info.run_id)
