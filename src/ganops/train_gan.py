@@ -207,7 +207,12 @@ def train_gan(
         return path
 
     bar = tqdm(
-        total=p.steps, initial=step, unit="step", desc="train_gan", mininterval=1.0, disable=not (progress and main)
+        total=p.steps,
+        initial=step,
+        unit="step",
+        desc="train_gan",
+        mininterval=1.0,
+        disable=not (progress and main),
     )
     perm, perm_epoch = None, -1
     t0, t_images = time.perf_counter(), 0

@@ -1,0 +1,74 @@
+import pytest
+
+from ganops.config import Params, ParamsError, load_params, parse_params
+
+
+def test_project_params_yaml_is_valid():
+    p = load_params("params.yaml")
+    assert p.data.source == "digits"
+    assert p.gan.lr_d > 0
+
+
+def test_defaults_and_flat_keys():
+    p = parse_params({})
+    flat = p.flat()
+    assert flat["gan.lr_g"] == pytest.approx(2e-4)
+    assert flat["gan.beta1"] == 0.5
+    assert set(k.split(".")[0] for k in flat) == {"base", "data", "gan", "tracking"}
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ParamsError) as e:
+        parse_params({"gan": {"lr_dd": 1e-4}})
+    assert "gan.lr_dd: unknown key (did you mean gan.lr_d?)" in str(e.value)
+
+
+def test_unknown_group_is_named():
+    with pytest.raises(ParamsError, match="ganx: unknown key"):
+        parse_params({"ganx": {"lr_d": 1e-4}})
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ParamsError) as e:
+        parse_params({"gan": {"batch_size": "many"}, "data": {"image_size": 48}})
+    msg = str(e.value)
+    assert "gan.batch_size" in msg and "'many'" in msg
+    assert "data.image_size" in msg and "power of two" in msg
+
+
+def test_overrides_are_parsed_as_yaml_and_validated():
+    p = parse_params({}, ["gan.lr_d=1e-4", "data.channels=3", "base.device=cpu"])
+    assert p.gan.lr_d == pytest.approx(1e-4)
+    assert p.data.channels == 3
+    with pytest.raises(ParamsError, match="gan.lr_dd: unknown key"):
+        parse_params({}, ["gan.lr_dd=1e-4"])
+    with pytest.raises(ParamsError, match="gan.lr_d"):
+        parse_params({}, ["gan.lr_d=-1"])
+    with pytest.raises(ParamsError, match="expected group.key=value"):
+        parse_params({}, ["lr_d=1"])
+
+
+def test_invalid_device_and_source():
+    with pytest.raises(ParamsError, match="base.device"):
+        parse_params({"base": {"device": "tpu"}})
+    with pytest.raises(ParamsError, match="data.source"):
+        parse_params({"data": {"source": "imagenet"}})
+
+
+def test_params_are_frozen():
+    p = Params()
+    with pytest.raises(Exception):
+        p.gan.lr_d = 1.0  # type: ignore[misc]
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gan: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(lst)
