@@ -23,7 +23,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         def __reduce__(self):
             raise RuntimeError("cannot pickle")
 
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="cannot pickle"):
         atomic_write(target, {"x": Boom()})
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
@@ -34,5 +34,5 @@ def test_pickled_code_is_refused(tmp_path):
 
     # a checkpoint smuggling an arbitrary object must not load under weights_only
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"config_json": "{}", "x": os.getcwd}))
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_checkpoint(tmp_path / "evil.pt")

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from ganops.config import Params, ParamsError, load_params, parse_params
 
@@ -57,7 +58,7 @@ def test_invalid_device_and_source():
 
 def test_params_are_frozen():
     p = Params()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         p.gan.lr_d = 1.0  # type: ignore[misc]
 
 

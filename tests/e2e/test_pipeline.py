@@ -1,0 +1,163 @@
+"""The real pipeline in a temp copy of the project: git + DVC repo, `dvc repro`, `dvc exp run`, MLflow sqlite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TINY = {
+    "data": {"image_size": 16, "limit": 96},
+    "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
+            "checkpoint_every": 3, "log_every": 2, "n_samples": 16},
+}  # fmt: skip
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A fresh git + DVC repo holding the project's pipeline files, with tiny params, committed."""
+    d = tmp_path_factory.mktemp("project")
+    for rel in ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "data/.gitignore",
+                "models/.gitignore"]:  # fmt: skip
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, d / rel)
+    shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    for group, values in TINY.items():
+        params[group].update(values)
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_"))}
+    env |= {
+        "PATH": f"{BIN}{os.pathsep}{env['PATH']}",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+    }  # fmt: skip
+    sh(["git", "init", "-q", "-b", "main"], d, env)
+    sh(["dvc", "init", "-q"], d, env)
+    sh(["git", "add", "-A"], d, env)
+    sh(["git", "commit", "-qm", "project"], d, env)
+    return d, env
+
+
+def _runs(d: Path):
+    c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    exps = [e.experiment_id for e in c.search_experiments()]
+    return c, c.search_runs(exps, order_by=["attributes.start_time ASC"])
+
+
+def test_repro_trains_logs_and_is_idempotent(repo):
+    d, env = repo
+    r = sh(["dvc", "repro"], d, env)
+    assert "Running stage 'prepare'" in r.stdout and "Running stage 'train_gan'" in r.stdout
+    for out in ["data/prepared/dataset.pt", "data/prepared/manifest.json", "models/gan/final/generator.pt",
+                "models/gan/final/samples.png", "metrics/train_gan.json", "metrics/train_gan_losses.csv"]:  # fmt: skip
+        assert (d / out).is_file(), out
+    # the default store: an absolute sqlite file at the project root
+    c, runs = _runs(d)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["entry_point"] == "dvc" and len(run.data.tags["dataset_hash"]) == 64
+    assert {"loss_d", "loss_g", "d_real", "d_fake", "img_per_s"} <= set(run.data.metrics)
+    assert len(c.get_metric_history(run.info.run_id, "loss_d")) == 3  # steps 2, 4, 6
+    assert c.list_artifacts(run.info.run_id, "images"), "no sample grid logged"
+    assert c.list_artifacts(run.info.run_id, "checkpoint")
+
+    again = sh(["dvc", "repro"], d, env)
+    assert (
+        "Stage 'prepare' didn't change" in again.stdout and "Stage 'train_gan' didn't change" in again.stdout
+    )
+    assert len(_runs(d)[1]) == 1  # nothing trained
+
+    metrics = sh(["dvc", "metrics", "show"], d, env).stdout
+    assert "metrics/train_gan.json" in metrics and "loss_d" in metrics
+    sh(["dvc", "plots", "show", "-o", str(d / "dvc_plots")], d, env)
+    assert (d / "dvc_plots" / "index.html").is_file()
+
+
+def test_exp_run_with_changed_param_is_a_second_mlflow_run(repo):
+    d, env = repo
+    if not (d / "dvc.lock").is_file():
+        sh(["dvc", "repro"], d, env)
+    sh(["git", "add", "-A"], d, env)
+    sh(["git", "commit", "-qm", "baseline", "--allow-empty"], d, env)
+    n_before = len(_runs(d)[1])
+    sh(["dvc", "exp", "run", "-S", "gan.lr_d=0.0001"], d, env)
+    c, runs = _runs(d)
+    assert len(runs) == n_before + 1
+    assert runs[-1].data.params["gan.lr_d"] == "0.0001" and runs[0].data.params["gan.lr_d"] == "0.0002"
+    assert runs[-1].data.tags.get("dvc_exp_name")
+    show = sh(["dvc", "exp", "show", "--no-pager", "--md"], d, env).stdout
+    assert "0.0001" in show and "loss_d" in show
+
+
+def test_mlflow_ui_serves_the_store(repo):
+    d, env = repo
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--host", "127.0.0.1",
+         "--port", str(port)],
+        cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ganops"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert b"ganops" in r.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_own_images_through_dvc_add_and_exp_run(repo):
+    d, env = repo
+    from PIL import Image
+
+    own = d / "data" / "raw" / "own"
+    own.mkdir(parents=True, exist_ok=True)
+    for i in range(40):
+        Image.new("RGB", (40, 30), (i * 6, 255 - i * 6, 128)).save(own / f"img_{i:02d}.png")
+    (own / "broken.jpg").write_bytes(b"not a jpeg at all")
+    sh(["dvc", "add", "data/raw/own"], d, env)
+    sh(["git", "add", "-A"], d, env)
+    sh(["git", "commit", "-qm", "my pictures"], d, env)
+    sh(["dvc", "exp", "run", "-S", "data.source=folder", "-S", "data.root=data/raw/own"], d, env)
+    import json
+
+    man = json.loads((d / "data/prepared/manifest.json").read_text())
+    assert man["source"] == "folder" and man["count"] == 40 and man["channels"] == 3 and man["skipped"] == 1
+    report = json.loads((d / "data/prepared/report.json").read_text())
+    assert report["skipped"][0]["file"] == "broken.jpg"
+    _, runs = _runs(d)
+    assert runs[-1].data.tags["data_source"] == "folder"
