@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -45,7 +45,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
 
 
-def _fail(msg: str, code: int = 2) -> None:
+def _fail(msg: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
 
@@ -55,7 +55,6 @@ def _params(path: Path, overrides: list[str] | None) -> Params:
         return load_params(path, overrides or [])
     except ParamsError as err:
         _fail(str(err))
-        raise  # unreachable; keeps type checkers happy
 
 
 def _stop_on_signal() -> Callable[[int], bool]:
@@ -150,7 +149,7 @@ def train_gan_cmd(
                 meta={"mlflow_run_id": run.run_id}, on_metrics=run.on_metrics, on_sample=run.on_sample,
                 should_stop=_stop_on_signal(), progress=progress,
             )  # fmt: skip
-            if not result.completed:
+            if not result.completed or result.export is None:
                 _fail(
                     f"stopped at step {result.step}; checkpoint in {result.checkpoint}: run again to resume",
                     130,
@@ -161,7 +160,6 @@ def train_gan_cmd(
             }
             _write_train_metrics(result.history, final)
             run.log_metrics({"train_seconds": final["train_seconds"]})
-            assert result.export is not None
             run.log_artifacts(result.export, "checkpoint")
     except TrackingError as err:
         _fail(str(err))

@@ -151,8 +151,10 @@ def load_idx_source(p: DataParams) -> Prepared:
             f"{p.source} {p.split} split not found: put {missing} in {raw}/ "
             f"(the original IDX files, gzipped or not), or set data.download: true when online"
         )
-    x = _read_idx(paths[0])[:, None]  # (N, 1, 28, 28) uint8
-    y = _read_idx(paths[1]).long()
+    images_path, labels_path = paths
+    assert images_path is not None and labels_path is not None
+    x = _read_idx(images_path)[:, None]  # (N, 1, 28, 28) uint8
+    y = _read_idx(labels_path).long()
     if len(x) != len(y):
         raise DataError(f"{p.source}: {len(x)} images but {len(y)} labels in {raw}")
     return Prepared(x, y, classes, p.source)
@@ -200,12 +202,12 @@ def _read_one(path: Path, p: DataParams, channels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.seek(0)  # animated GIF / WebP / multi-page TIFF: the first frame
+            with Image.open(path) as f:
+                f.seek(0)  # animated GIF / WebP / multi-page TIFF: the first frame
                 # JPEG: let the decoder shrink huge photos on the fly (never below 2x the target).
-                img.draft("RGB", (p.image_size * 2, p.image_size * 2))
-                img.load()  # decode now, so truncated files fail here
-                img = ImageOps.exif_transpose(img)
+                f.draft("RGB", (p.image_size * 2, p.image_size * 2))
+                f.load()  # decode now, so truncated files fail here
+                img = ImageOps.exif_transpose(f)
                 w, h = img.size
                 if min(w, h) < p.min_side:
                     raise ValueError(f"too small ({w}x{h}; data.min_side is {p.min_side})")

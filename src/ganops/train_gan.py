@@ -149,8 +149,8 @@ def train_gan(
     torch.manual_seed(seed)
     G, D = build(cfg)
     # channels_last: oneDNN's convolutions run ~1.2x faster in NHWC on CPU (bench/train_throughput.py).
-    G = G.to(device, memory_format=torch.channels_last)
-    D = D.to(device, memory_format=torch.channels_last)
+    G = G.to(device).to(memory_format=torch.channels_last)
+    D = D.to(device).to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(G.parameters(), lr=p.lr_g, betas=(p.beta1, p.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=p.lr_d, betas=(p.beta1, p.beta2))
     # Fixed noise: the same z every grid, so grids are comparable across steps and runs.
@@ -214,7 +214,7 @@ def train_gan(
         mininterval=1.0,
         disable=not (progress and main),
     )
-    perm, perm_epoch = None, -1
+    perm, perm_epoch = torch.empty(0, dtype=torch.long), -1
     t0, t_images = time.perf_counter(), 0
     completed = True
     while step < p.steps:
