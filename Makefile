@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo serve bento browser test test-unit lint bench clean
 
 install: $(STAMP)
 
@@ -27,8 +27,27 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 	$(BIN)/ganops summary
 
+# Serve the MLflow champion on 127.0.0.1 (PORT=3000 by default); checks there is one first.
+PORT ?= 3000
+serve: $(STAMP)
+	$(BIN)/ganops champion
+	PATH="$(CURDIR)/$(BIN):$$PATH" bentoml serve serving.service:GanService --host 127.0.0.1 --port $(PORT)
+
+# A Bento (BentoML's deployable archive) of the service; the champion is loaded at start, not baked in.
+bento: $(STAMP)
+	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+	$(BIN)/bentoml build -f serving/bentofile.yaml .
+
+# Headless Chromium + its driver (Debian packages) for the gallery's browser test; installed when missing
+# and we may (root + apt). Without them that one test is skipped with the reason.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "chromium not installed: the gallery browser test will be skipped"; }
+
 # Lint + type check + the whole test suite (unit and e2e tiers); this is what .ci/run calls.
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
@@ -43,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 
 clean:
-	rm -rf data/prepared models/gan metrics plots mlflow.db mlartifacts
+	rm -rf data/prepared models/gan models/classifier metrics dvc_plots dist mlflow.db mlartifacts

@@ -50,6 +50,16 @@ def test_prepare_then_train_then_summary(project, isolated_tracking):
     assert runs[0].data.params["gan.steps"] == "4"
     arts = [a.path for a in MlflowClient(isolated_tracking).list_artifacts(runs[0].info.run_id, "checkpoint")]
     assert "checkpoint/generator.pt" in arts and "checkpoint/config.json" in arts
+    r = runner.invoke(app, ["classifier", "--no-progress", *TINY, "-S", "classifier.epochs=1"])
+    assert r.exit_code == 0 and "domain-classifier -> models/classifier/ (held-out accuracy" in r.output
+    r = runner.invoke(app, ["evaluate", *TINY, "-S", "evaluate.kid_subset_size=10"])
+    assert r.exit_code == 0, r.output
+    assert "domain FID" in r.output and "coverage" in r.output and "32 samples" in r.output
+    ev = json.loads((project / "metrics/evaluate.json").read_text())
+    assert ev["run_id"] == runs[0].info.run_id and ev["n_generated"] == 32
+    assert "domain_fid" in MlflowClient(isolated_tracking).get_run(ev["run_id"]).data.metrics
+    r = runner.invoke(app, ["promote"])
+    assert r.exit_code == 0 and "ganops-generator v1 is now @champion: no champion yet" in r.output
     r = runner.invoke(app, ["summary"])
     assert (
         "models/gan/final/samples.png" in r.output and "mlflow ui --backend-store-uri sqlite:///" in r.output

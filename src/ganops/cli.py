@@ -167,6 +167,151 @@ def train_gan_cmd(
     typer.echo(f"final sample grid: {result.export / 'samples.png'}")
 
 
+CLASSIFIER_OUT = Path("models/classifier")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+@app.command()
+def classifier(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Stage `classifier`: train the domain classifier on data/prepared/ -> models/classifier/."""
+    from ganops.classifier import save_classifier, train_classifier
+    from ganops.data import DataError, load_prepared
+    from ganops.devices import resolve_device
+
+    p = _params(params, set_)
+    try:
+        images, labels, man = load_prepared(PREPARED)
+        device = resolve_device(p.base.device)
+    except (DataError, RuntimeError) as err:
+        _fail(str(err))
+    c = train_classifier(images, labels, p.classifier, seed=p.base.seed, data_hash=man["content_hash"],
+                         device=device, progress=progress)  # fmt: skip
+    save_classifier(c, CLASSIFIER_OUT)
+    _write_json(METRICS / "classifier.json", {"extractor": c.extractor, **c.info})
+    acc = c.info.get("holdout_accuracy")
+    typer.echo(f"{c.extractor} -> {CLASSIFIER_OUT}/" + (f" (held-out accuracy {acc:.3f})" if acc is not None else
+               " (unlabelled data: untrained random-feature extractor)"))  # fmt: skip
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Stage `evaluate`: score models/gan/final/ against the real data -> metrics/evaluate.json + MLflow."""
+    from ganops.classifier import load_classifier, to_float
+    from ganops.data import DataError, load_prepared
+    from ganops.devices import resolve_device
+    from ganops.evaluate import EvaluationError, evaluate_samples, generate, inception_fid, summary_line
+    from ganops.models.gan import load_generator
+    from ganops.tracking import TrackingError, log_to_run, require_run, use_store
+
+    p = _params(params, set_)
+    export = GAN_OUT / "final"
+    for needed, cmd in (
+        (export / "generator.pt", "ganops train-gan"),
+        (CLASSIFIER_OUT / "config.json", "ganops classifier"),
+    ):
+        if not needed.is_file():
+            _fail(f"{needed} is missing: run `{cmd}` (or `dvc repro`) first")
+    try:
+        images, labels, man = load_prepared(PREPARED)
+        device = resolve_device(p.base.device)
+        use_store()
+        gen_config = json.loads((export / "config.json").read_text())
+        run_id = require_run(gen_config.get("meta", {}).get("mlflow_run_id"), str(export))
+    except (DataError, RuntimeError) as err:
+        _fail(str(err))
+    clf = load_classifier(CLASSIFIER_OUT, device="cpu")
+    if clf.info.get("data_hash") != man["content_hash"]:
+        _fail(f"{CLASSIFIER_OUT} was trained on other data: run `ganops classifier` (or `dvc repro`) first")
+    if gen_config["settings"]["data_hash"] != man["content_hash"]:
+        _fail(
+            f"{export} was trained on other data than {PREPARED}: run `ganops train-gan` (or `dvc repro`) first"
+        )
+    G = load_generator(export, device=device)
+    n = p.evaluate.n_samples or len(images) // 2
+    fake = generate(G, n, seed=p.base.seed + 1, batch_size=p.evaluate.batch_size, device=device)
+    m = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed)
+    if p.evaluate.inception:
+        try:
+            m["inception_fid"] = inception_fid(to_float(images), fake)
+        except EvaluationError as err:
+            _fail(str(err))
+    m |= {"dataset_hash": man["content_hash"], "run_id": run_id}
+    _write_json(METRICS / "evaluate.json", m)
+    numbers = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
+    tags = {"extractor": m["extractor"], "mode_collapse": m.get("mode_collapse", "n/a")}
+    try:
+        log_to_run(run_id, numbers, tags)
+    except TrackingError as err:
+        _fail(str(err))
+    typer.echo(summary_line(m))
+    if m.get("mode_collapse"):
+        typer.echo("warning: mode collapse flagged (coverage below the class count or KL above "
+                   f"evaluate.kl_threshold={p.evaluate.kl_threshold})", err=True)  # fmt: skip
+
+
+@app.command()
+def promote(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Stage `promote`: register the evaluated generator; move the alias if it beats the champion."""
+    from ganops.promote import decide
+    from ganops.tracking import (
+        TrackingError,
+        champion,
+        log_to_run,
+        register_generator,
+        require_run,
+        set_alias,
+        use_store,
+    )
+
+    p = _params(params, set_)
+    if not (METRICS / "evaluate.json").is_file():
+        _fail(f"{METRICS / 'evaluate.json'} is missing: run `ganops evaluate` (or `dvc repro`) first")
+    m = json.loads((METRICS / "evaluate.json").read_text())
+    name, alias = p.promote.model_name, p.promote.alias
+    try:
+        use_store()
+        run_id = require_run(m.get("run_id"), str(METRICS / "evaluate.json"))
+        before = champion(name, alias)
+        cand = register_generator(run_id, name, m)
+        decision = decide(cand, before, p.promote.metric)
+        if decision.promote:
+            set_alias(name, alias, cand["version"])
+        log_to_run(run_id, {}, {"promote_decision": "promoted" if decision.promote else "kept champion",
+                                "promote_reason": decision.reason})  # fmt: skip
+    except (TrackingError, ValueError) as err:
+        _fail(str(err))
+    _write_json(METRICS / "promote.json", decision.to_dict())
+    verdict = f"{name} v{cand['version']} is now @{alias}" if decision.promote else f"@{alias} stays " + (
+        f"v{before['version']}" if before else "unset")  # fmt: skip
+    typer.echo(f"{verdict}: {decision.reason}")
+
+
+@app.command("champion")
+def champion_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Show the generator that serving loads (promote.model_name@promote.alias); exit 2 when there is none."""
+    from ganops.tracking import TrackingError, champion, use_store
+
+    p = _params(params, set_)
+    name, alias = p.promote.model_name, p.promote.alias
+    try:
+        uri = use_store()
+        facts = champion(name, alias)
+    except TrackingError as err:
+        _fail(str(err))
+    if facts is None:
+        _fail(f"no model {name}@{alias} in {uri}: run the pipeline (`dvc repro` or `make demo`) first")
+    numbers = ", ".join(f"{k} {facts[k]:.4g}" for k in ("domain_fid", "coverage", "kl") if k in facts)
+    typer.echo(f"{name}@{alias} = v{facts['version']} (run {facts['run_id']}): {numbers}")
+
+
 @app.command()
 def summary() -> None:
     """Print where the pipeline's results are and how to look at them."""
@@ -182,6 +327,17 @@ def summary() -> None:
     if grid.is_file():
         lines.append(f"  samples     {grid}  (grids per step in {GAN_OUT / 'samples'}/)")
         lines.append(f"  generator   {GAN_OUT / 'final'}/  (weights + config.json)")
+    if (METRICS / "evaluate.json").is_file():
+        from ganops.evaluate import summary_line
+
+        lines.append(
+            f"  quality     {METRICS / 'evaluate.json'}  ({summary_line(json.loads((METRICS / 'evaluate.json').read_text()))})"
+        )
+    if (METRICS / "promote.json").is_file():
+        d = json.loads((METRICS / "promote.json").read_text())
+        lines.append(
+            f"  promotion   {METRICS / 'promote.json'}  ({'promoted' if d['promote'] else 'kept champion'}: {d['reason']})"
+        )
     if (METRICS / "train_gan.json").is_file():
         m = json.loads((METRICS / "train_gan.json").read_text())
         lines.append(f"  metrics     {METRICS / 'train_gan.json'}  (loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}, "
@@ -193,6 +349,9 @@ def summary() -> None:
         "  dvc metrics show        # final losses",
         "  dvc plots show          # loss curves as HTML",
         "  dvc exp run -S gan.lr_d=0.0001 && dvc exp show     # a new experiment, compared",
+        "",
+        "serve the champion:",
+        "  make serve              # then open http://127.0.0.1:3000/ui/",
     ]
     typer.echo("\n".join(lines))
 

@@ -74,6 +74,33 @@ class GanParams(_Group):
     resume: bool = True
 
 
+class ClassifierParams(_Group):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3e-3, gt=0)
+    width: int = Field(16, ge=4)
+    features: int = Field(64, ge=2)
+    holdout: float = Field(0.1, ge=0, lt=1)
+
+
+class EvaluateParams(_Group):
+    n_samples: int = Field(0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    coverage_min_frac: float = Field(0.01, gt=0, lt=1)
+    kl_threshold: float = Field(0.1, gt=0)
+    kid_subset_size: int = Field(500, ge=2)
+    inception: bool = False
+
+
+PromoteMetric = Literal["domain_fid", "domain_kid", "kl"]
+
+
+class PromoteParams(_Group):
+    metric: PromoteMetric = "domain_fid"
+    model_name: str = Field("ganops-generator", min_length=1)
+    alias: str = Field("champion", min_length=1)
+
+
 class TrackingParams(_Group):
     experiment: str = Field("ganops", min_length=1)
 
@@ -82,6 +109,9 @@ class Params(_Group):
     base: BaseParams = BaseParams()
     data: DataParams = DataParams()
     gan: GanParams = GanParams()
+    classifier: ClassifierParams = ClassifierParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
     tracking: TrackingParams = TrackingParams()
 
     def flat(self) -> dict[str, Any]:

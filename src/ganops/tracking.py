@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ganops.config import Params
 
@@ -175,3 +177,129 @@ def start_run(
             tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
         mlflow.set_tags(tags)
         yield RunLogger(run.info.run_id)
+
+
+# ----------------------------------------------------------------------------- runs after training
+
+
+def use_store(root: Path | None = None) -> str:
+    """Point MLflow at the project's store (checked first); returns the URI."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def require_run(run_id: str | None, what: str) -> str:
+    """The run id, checked to exist in the current store; else a TrackingError saying what to do."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        raise TrackingError(f"{what} names no MLflow run: train it again with `ganops train-gan`")
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"{what} was logged to MLflow run {run_id}, which is not in {tracking_uri()}: "
+            "use the store it was trained with (MLFLOW_TRACKING_URI) or train again"
+        ) from None
+    return run_id
+
+
+def log_to_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+    """Add metrics and tags to an existing (possibly finished) run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+    )
+
+
+# ----------------------------------------------------------------------------- model registry
+
+_META_KEYS = ("run_id", "dataset_hash", "extractor")
+
+
+def _version_facts(mv: Any) -> dict[str, Any]:
+    """What a model version's tags say about it: run, data, extractor and its metrics (floats)."""
+    facts: dict[str, Any] = {"version": int(mv.version), "run_id": mv.run_id}
+    for k, v in mv.tags.items():
+        if k.startswith("metric."):
+            facts[k[len("metric.") :]] = float(v)
+        elif k in _META_KEYS:
+            facts[k] = v
+    return facts
+
+
+def register_generator(run_id: str, name: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """Register the run's ``checkpoint/`` artifact as a version of ``name`` (once per run).
+
+    The version's source is our checkpoint folder (weights + config JSON, no pickled code); ``facts``
+    (dataset hash, extractor, numeric metrics) are stored as version tags so later decisions can compare.
+
+    Returns:
+        The version's facts (as :func:`champion` returns them).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    c = MlflowClient()
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(
+            name, description="ganops DCGAN generators: checkpoint folder (weights + config.json)"
+        )
+    existing = c.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if existing:
+        return _version_facts(existing[0])
+    tags = {k: str(v) for k, v in facts.items() if k in _META_KEYS}
+    tags |= {
+        f"metric.{k}": repr(float(v))
+        for k, v in facts.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    mv = c.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags=tags)
+    return _version_facts(mv)
+
+
+def champion(name: str, alias: str) -> dict[str, Any] | None:
+    """The facts of the version ``name@alias``, or None when the alias (or the model) does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _version_facts(MlflowClient().get_model_version_by_alias(name, alias))
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: int) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def download_champion(name: str, alias: str, dst: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fetch ``models:/name@alias``'s checkpoint folder; returns (local folder, version facts).
+
+    Raises:
+        TrackingError: no such model or alias in the store.
+    """
+    import mlflow
+
+    facts = champion(name, alias)
+    if facts is None:
+        raise TrackingError(
+            f"no model {name}@{alias} in {mlflow.get_tracking_uri()}: run the pipeline (`dvc repro` or "
+            "`make demo`) so that `ganops promote` registers and promotes a generator"
+        )
+    path = mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=str(dst) if dst else None)
+    return Path(path), facts

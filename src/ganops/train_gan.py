@@ -289,7 +289,7 @@ def train_gan(
             sample_grid()
             checkpoint()
         export = out / "final"
-        config = {"model": cfg.to_dict(), "settings": settings, "step": step}
+        config = {"model": cfg.to_dict(), "settings": settings, "step": step, "meta": meta}
         atomic_write(export / "generator.pt", G.state_dict())
         atomic_write(export / "discriminator.pt", D.state_dict())
         atomic_write(export / "samples.png", (out / "samples" / f"step_{step:06d}.png").read_bytes())

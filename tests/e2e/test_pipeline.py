@@ -23,6 +23,8 @@ TINY = {
     "data": {"image_size": 16, "limit": 96},
     "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
             "checkpoint_every": 3, "log_every": 2, "n_samples": 16},
+    "classifier": {"epochs": 2},
+    "evaluate": {"kid_subset_size": 20},
 }  # fmt: skip
 
 
@@ -69,9 +71,11 @@ def _runs(d: Path):
 def test_repro_trains_logs_and_is_idempotent(repo):
     d, env = repo
     r = sh(["dvc", "repro"], d, env)
-    assert "Running stage 'prepare'" in r.stdout and "Running stage 'train_gan'" in r.stdout
+    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote"):
+        assert f"Running stage '{stage}'" in r.stdout
     for out in ["data/prepared/dataset.pt", "data/prepared/manifest.json", "models/gan/final/generator.pt",
-                "models/gan/final/samples.png", "metrics/train_gan.json", "metrics/train_gan_losses.csv"]:  # fmt: skip
+                "models/gan/final/samples.png", "metrics/train_gan.json", "metrics/train_gan_losses.csv",
+                "models/classifier/classifier.pt", "metrics/evaluate.json", "metrics/promote.json"]:  # fmt: skip
         assert (d / out).is_file(), out
     # the default store: an absolute sqlite file at the project root
     c, runs = _runs(d)
@@ -82,11 +86,13 @@ def test_repro_trains_logs_and_is_idempotent(repo):
     assert len(c.get_metric_history(run.info.run_id, "loss_d")) == 3  # steps 2, 4, 6
     assert c.list_artifacts(run.info.run_id, "images"), "no sample grid logged"
     assert c.list_artifacts(run.info.run_id, "checkpoint")
+    # evaluate logged into the training run; promote registered it and made it the champion
+    assert {"domain_fid", "baseline_fid", "coverage", "kl"} <= set(c.get_run(run.info.run_id).data.metrics)
+    assert c.get_model_version_by_alias("ganops-generator", "champion").run_id == run.info.run_id
 
     again = sh(["dvc", "repro"], d, env)
-    assert (
-        "Stage 'prepare' didn't change" in again.stdout and "Stage 'train_gan' didn't change" in again.stdout
-    )
+    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote"):
+        assert f"Stage '{stage}' didn't change" in again.stdout
     assert len(_runs(d)[1]) == 1  # nothing trained
 
     metrics = sh(["dvc", "metrics", "show"], d, env).stdout
@@ -102,11 +108,13 @@ def test_exp_run_with_changed_param_is_a_second_mlflow_run(repo):
     sh(["git", "add", "-A"], d, env)
     sh(["git", "commit", "-qm", "baseline", "--allow-empty"], d, env)
     n_before = len(_runs(d)[1])
-    sh(["dvc", "exp", "run", "-S", "gan.lr_d=0.0001"], d, env)
+    out = sh(["dvc", "exp", "run", "-S", "gan.lr_d=0.0001"], d, env)
     c, runs = _runs(d)
     assert len(runs) == n_before + 1
     assert runs[-1].data.params["gan.lr_d"] == "0.0001" and runs[0].data.params["gan.lr_d"] == "0.0002"
     assert runs[-1].data.tags.get("dvc_exp_name")
+    assert runs[-1].data.tags.get("promote_decision") in ("promoted", "kept champion")
+    assert "Stage 'classifier' didn't change" in out.stdout  # same data: the classifier is reused
     show = sh(["dvc", "exp", "show", "--no-pager", "--md"], d, env).stdout
     assert "0.0001" in show and "loss_d" in show
 

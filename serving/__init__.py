@@ -1,0 +1,1 @@
+"""BentoML serving for ganops (kept out of the library: `src/ganops` never imports BentoML)."""

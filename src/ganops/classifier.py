@@ -1,0 +1,107 @@
+"""Stage `classifier`: train the domain classifier that `evaluate` measures generators with.
+
+Labelled data (two classes or more): a small CNN trained on the prepared real images, with a held-out
+accuracy so its numbers can be trusted. Unlabelled data: no training — a seeded random-weight CNN of the
+same shape serves as a documented, offline feature extractor (random-feature FID: coarser than a trained
+extractor, but deterministic and comparable between runs on the same data). Its name is logged with
+every number computed from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ganops.checkpoint import atomic_write
+from ganops.config import ClassifierParams
+from ganops.models.classifier import ClassifierConfig, DomainClassifier
+
+
+@dataclass
+class Classifier:
+    net: DomainClassifier  # eval mode
+    extractor: str  # "domain-classifier" or "random-cnn-seed<N>"
+    trained: bool
+    info: dict[str, Any]  # accuracy, counts, data hash
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, S, S) -> float in [-1, 1]."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    p: ClassifierParams,
+    *,
+    seed: int = 0,
+    data_hash: str = "",
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Classifier:
+    """Train on ``images`` (N, C, S, S) uint8 with ``labels`` (N,) (-1 = unlabelled).
+
+    Returns:
+        The classifier in eval mode; a random-feature extractor when the data has fewer than two classes.
+    """
+    torch.manual_seed(seed)
+    n_classes = int(labels.max().item()) + 1 if (labels >= 0).all() else 0
+    cfg = ClassifierConfig(channels=images.shape[1], n_classes=n_classes if n_classes >= 2 else 0,
+                           width=p.width, features=p.features)  # fmt: skip
+    net = DomainClassifier(cfg).to(device)
+    info: dict[str, Any] = {"data_hash": data_hash, "n_images": int(images.shape[0])}
+    if cfg.n_classes == 0:
+        return Classifier(net.eval(), f"random-cnn-seed{seed}", False, info)
+
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    n_hold = int(len(images) * p.holdout)
+    hold, train = perm[:n_hold], perm[n_hold:]
+    opt = torch.optim.Adam(net.parameters(), lr=p.lr)
+    steps = max(1, len(train) // p.batch_size)
+    bar = tqdm(total=p.epochs * steps, desc="classifier", unit="step", disable=not progress, mininterval=1.0)
+    for epoch in range(p.epochs):
+        order = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1 + epoch))]
+        net.train()
+        for i in range(steps):
+            idx = order[i * p.batch_size : (i + 1) * p.batch_size]
+            x = to_float(images[idx]).to(device)  # (B, C, S, S)
+            # light augmentation (1-px shifts) so the classifier judges shapes, not exact pixels
+            x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,)).tolist()), dims=(2, 3))
+            loss = F.cross_entropy(net(x), labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    net.eval()
+    if n_hold:
+        with torch.no_grad():
+            pred = torch.cat([net(to_float(images[c]).to(device)).argmax(1).cpu() for c in hold.split(512)])
+        info["holdout_accuracy"] = float((pred == labels[hold]).float().mean())
+        info["n_holdout"] = n_hold
+    return Classifier(net, "domain-classifier", True, info)
+
+
+def save_classifier(c: Classifier, out: str | Path) -> None:
+    """Write ``classifier.pt`` (weights) and ``config.json`` (constructor args, extractor name, info)."""
+    out = Path(out)
+    atomic_write(out / "classifier.pt", c.net.state_dict())
+    config = {"model": c.net.cfg.to_dict(), "extractor": c.extractor, "trained": c.trained, "info": c.info}
+    atomic_write(out / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def load_classifier(out: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """Rebuild what :func:`save_classifier` wrote, in eval mode."""
+    out = Path(out)
+    config = json.loads((out / "config.json").read_text())
+    net = DomainClassifier(ClassifierConfig(**config["model"]))
+    net.load_state_dict(torch.load(out / "classifier.pt", map_location=device, weights_only=True))
+    return Classifier(net.to(device).eval(), config["extractor"], config["trained"], config["info"])

@@ -1,0 +1,182 @@
+"""Stage `evaluate`: how good is a generator, in numbers that mean something offline.
+
+With the domain classifier (see ``classifier.py``), on N generated samples:
+- **coverage**: classes receiving at least ``coverage_min_frac`` of the samples (out of K);
+- **kl**: KL(generated || real) between predicted-class histograms (0 = same class balance; a generator
+  collapsed onto one of 10 balanced classes scores log 10 ~ 2.3);
+- **mean_confidence** and **confident_frac** (share of samples with max softmax >= 0.9);
+- **domain_fid / domain_kid**: FID and KID (torchmetrics) in the classifier's feature space.
+Every number comes with the real-vs-real **baseline** (two disjoint halves of the real data, same sample
+count), so "FID 4.1" can be read against "real data scores 1.2". Unlabelled data gets FID/KID only, in a
+seeded random-CNN feature space, named in ``extractor``.
+Optionally (``inception: true``) the standard Inception FID, if the InceptionV3 weights are cached.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from ganops.classifier import Classifier, to_float
+from ganops.config import EvaluateParams
+from ganops.models.classifier import FeatureExtractor
+from ganops.models.gan import Generator
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's InceptionV3 (FID standard)
+
+
+class EvaluationError(RuntimeError):
+    """Evaluation cannot run as configured (e.g. Inception weights required but absent)."""
+
+
+@torch.no_grad()
+def generate(
+    G: Generator, n: int, *, seed: int, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """``n`` samples from ``G`` in eval mode: (n, C, S, S) float in [-1, 1], on the CPU. Seeded noise."""
+    G.eval()
+    Z = G.cfg.latent_dim
+    z = torch.randn(n, Z, 1, 1, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([G(c.to(device)).float().cpu() for c in z.split(batch_size)])
+
+
+@torch.no_grad()
+def _probs(net: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([net(c).softmax(1) for c in x.split(batch_size)])
+
+
+def class_stats(probs: torch.Tensor, real_hist: torch.Tensor, min_frac: float) -> dict[str, float]:
+    """Coverage, KL(gen || real), confidence from softmax ``probs`` (N, K) and the real class histogram (K,)."""
+    K = probs.shape[1]
+    hist = torch.bincount(probs.argmax(1), minlength=K).double() / len(probs)
+    real = real_hist.double() / real_hist.sum()
+    nz = hist > 0
+    kl = float((hist[nz] * (hist[nz] / real[nz].clamp_min(1e-12)).log()).sum())
+    conf = probs.max(1).values
+    return {
+        "coverage": int((hist >= min_frac).sum()),
+        "kl": kl,
+        "mean_confidence": float(conf.mean()),
+        "confident_frac": float((conf >= 0.9).double().mean()),
+    }
+
+
+def fid_kid(
+    extractor: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch_size: int
+) -> dict[str, float]:
+    """FID and KID (mean, std) between two image sets, both (N, C, S, S) float in [-1, 1]."""
+    fid = FrechetInceptionDistance(feature=extractor, reset_real_features=True)
+    with warnings.catch_warnings():  # "KID keeps all features in memory": intended, sample sets are small
+        warnings.simplefilter("ignore", UserWarning)
+        size = min(kid_subset, len(real), len(fake))
+        kid = KernelInceptionDistance(feature=extractor, subsets=50, subset_size=size)
+    for metric in (fid, kid):
+        for c in real.split(batch_size):
+            metric.update(c, real=True)
+        for c in fake.split(batch_size):
+            metric.update(c, real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def evaluate_samples(
+    real: torch.Tensor,
+    labels: torch.Tensor,
+    fake: torch.Tensor,
+    clf: Classifier,
+    p: EvaluateParams,
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score ``fake`` against the prepared real data, with the real-vs-real baseline.
+
+    Args:
+        real: (N, C, S, S) uint8 prepared images; labels: (N,) (-1 = unlabelled).
+        fake: (M, C, S, S) float in [-1, 1], M >= 2.
+        clf: the domain classifier (or random-feature extractor) for this data.
+        p: the ``evaluate`` params group.
+        seed: splits the real data into the two baseline halves.
+
+    Returns:
+        Flat metrics: domain_fid, domain_kid(_std), baseline_*, coverage, n_classes, kl, mean_confidence,
+        confident_frac, mode_collapse (labelled data only), sample counts and the extractor's name.
+    """
+    perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+    half = len(real) // 2
+    ref, other = to_float(real[perm[:half]]), to_float(real[perm[half : 2 * half]])
+    ext = FeatureExtractor(clf.net)
+    gen = fid_kid(ext, ref, fake, p.kid_subset_size, p.batch_size)
+    base = fid_kid(ext, ref, other, p.kid_subset_size, p.batch_size)
+    m: dict[str, Any] = {
+        "extractor": clf.extractor,
+        "n_generated": int(len(fake)),
+        "n_real_reference": int(half),
+        "domain_fid": gen["fid"],
+        "domain_kid": gen["kid"],
+        "domain_kid_std": gen["kid_std"],
+        "baseline_fid": base["fid"],
+        "baseline_kid": base["kid"],
+    }
+    if clf.trained:
+        K = clf.net.cfg.n_classes
+        real_hist = torch.bincount(labels[labels >= 0], minlength=K)
+        g = class_stats(_probs(clf.net, fake, p.batch_size), real_hist, p.coverage_min_frac)
+        b = class_stats(_probs(clf.net, other, p.batch_size), real_hist, p.coverage_min_frac)
+        m |= g | {"n_classes": K, "baseline_coverage": b["coverage"], "baseline_kl": b["kl"],
+                  "baseline_mean_confidence": b["mean_confidence"]}  # fmt: skip
+        m["mode_collapse"] = bool(g["coverage"] < K or g["kl"] > p.kl_threshold)
+    return m
+
+
+def inception_weights_path() -> Path:
+    """Where torch.hub keeps the InceptionV3 FID weights: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    home = Path(
+        os.environ.get("TORCH_HOME")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"
+    )
+    return home / "hub" / "checkpoints" / INCEPTION_FILE
+
+
+def inception_fid(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 64) -> float:
+    """Standard FID (InceptionV3 pool3, torch-fidelity weights) between float [-1, 1] image sets.
+
+    Raises:
+        EvaluationError: the weights file is not in the TORCH_HOME cache (never downloaded here).
+    """
+    path = inception_weights_path()
+    if not path.is_file():
+        raise EvaluationError(
+            f"evaluate.inception is true but the InceptionV3 weights are not cached: place {INCEPTION_FILE} "
+            f"at {path} (it is what torchmetrics/torch-fidelity download when online), or set evaluate.inception: false"
+        )
+    fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path), normalize=True)
+
+    def rgb01(x: torch.Tensor) -> torch.Tensor:  # (B, C, S, S) [-1, 1] -> (B, 3, S, S) [0, 1]
+        x = (x + 1) / 2
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    for c in real.split(batch_size):
+        fid.update(rgb01(c), real=True)
+    for c in fake.split(batch_size):
+        fid.update(rgb01(c), real=False)
+    return float(fid.compute())
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    """One human line: the headline numbers against their baselines."""
+    parts = [f"domain FID {m['domain_fid']:.2f} (real vs real {m['baseline_fid']:.2f})"]
+    if "coverage" in m:
+        parts.append(f"coverage {m['coverage']}/{m['n_classes']}")
+        parts.append(f"KL {m['kl']:.3f}")
+        parts.append(f"confident {100 * m['confident_frac']:.0f}%")
+        if m["mode_collapse"]:
+            parts.append("MODE COLLAPSE")
+    parts.append(f"{m['n_generated']} samples, extractor {m['extractor']}")
+    return ", ".join(parts) if not math.isnan(m["domain_fid"]) else "evaluation produced NaN"

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from ganops.classifier import to_float, train_classifier
+from ganops.config import ClassifierParams, DataParams, EvaluateParams
+from ganops.data import prepare
+from ganops.evaluate import EvaluationError, class_stats, evaluate_samples, generate, inception_fid
+from ganops.models.gan import GANConfig, build
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = prepare(DataParams(image_size=16))
+    clf = train_classifier(d.images, d.labels, ClassifierParams(epochs=12), progress=False)
+    assert clf.info["holdout_accuracy"] > 0.9
+    return d, clf
+
+
+def test_real_data_as_generated_scores_like_the_baseline(digits):
+    d, clf = digits
+    perm = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(7))
+    fake = to_float(d.images[perm[:800]])
+    m = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams())
+    assert m["coverage"] == 10 and m["n_classes"] == 10 and not m["mode_collapse"]
+    assert m["kl"] < 0.05 and m["confident_frac"] > 0.8
+    assert m["domain_fid"] < 3 * m["baseline_fid"] + 0.5  # "near the baseline"
+    assert m["n_generated"] == 800 and m["n_real_reference"] == len(d.images) // 2
+    assert m["extractor"] == "domain-classifier"
+
+
+def test_collapsed_sampler_is_flagged(digits):
+    d, clf = digits
+    sevens = to_float(d.images[d.labels == 7][:150])
+    m = evaluate_samples(d.images, d.labels, sevens, clf, EvaluateParams())
+    assert m["coverage"] == 1 and m["mode_collapse"]
+    assert m["kl"] > 2.0  # ~ log 10
+    assert m["domain_fid"] > 10 * m["baseline_fid"]
+
+
+def test_unlabelled_data_gets_fid_only_with_the_extractor_named(digits):
+    d, _ = digits
+    unl = torch.full_like(d.labels, -1)
+    rnd = train_classifier(d.images, unl, ClassifierParams(), progress=False)
+    m = evaluate_samples(d.images, unl, to_float(d.images[:300]), rnd, EvaluateParams())
+    assert m["extractor"] == "random-cnn-seed0" and "coverage" not in m and "mode_collapse" not in m
+    assert math.isfinite(m["domain_fid"]) and math.isfinite(m["baseline_fid"])
+
+
+def test_class_stats_known_values():
+    real = torch.tensor([10, 10])
+    probs = torch.tensor([[0.95, 0.05]] * 3 + [[0.3, 0.7]])  # 3 of class 0, 1 of class 1
+    s = class_stats(probs, real, min_frac=0.3)
+    assert s["coverage"] == 1  # class 1 got 25 % < 30 %
+    assert s["kl"] == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    assert s["mean_confidence"] == pytest.approx((0.95 * 3 + 0.7) / 4)
+    assert s["confident_frac"] == pytest.approx(0.75)
+
+
+def test_generate_is_seeded_and_in_range():
+    G, _ = build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4))
+    a, b = generate(G, 10, seed=1, batch_size=3), generate(G, 10, seed=1, batch_size=10)
+    assert a.shape == (10, 1, 16, 16) and torch.allclose(a, b, atol=1e-6) and a.abs().max() <= 1
+    assert not torch.equal(a, generate(G, 10, seed=2))
+
+
+def test_inception_fid_without_cached_weights_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(EvaluationError) as e:
+        inception_fid(torch.zeros(2, 1, 16, 16), torch.zeros(2, 1, 16, 16))
+    assert "weights-inception-2015-12-05-6726825d.pth" in str(e.value)
+    assert str(tmp_path / "hub" / "checkpoints") in str(e.value)
