@@ -15,7 +15,15 @@ def test_defaults_and_flat_keys():
     flat = p.flat()
     assert flat["gan.lr_g"] == pytest.approx(2e-4)
     assert flat["gan.beta1"] == 0.5
-    assert {k.split(".")[0] for k in flat} == {"base", "data", "gan", "classifier", "evaluate", "promote", "tracking"}
+    assert {k.split(".")[0] for k in flat} == {
+        "base",
+        "data",
+        "gan",
+        "classifier",
+        "evaluate",
+        "promote",
+        "tracking",
+    }
 
 
 def test_unknown_key_is_named_with_a_suggestion():
