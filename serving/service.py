@@ -37,7 +37,15 @@ MAX_BODY = int(os.environ.get("GANOPS_MAX_BODY_BYTES", str(64 * 1024)))
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
-@bentoml.service(name="ganops-generator-model", workers=1, traffic={"timeout": 30})
+@bentoml.service(
+    name="ganops-generator-model",
+    workers=1,
+    traffic={"timeout": 30},
+    # BentoML 1.4.40 renews its client session to a dependency every `max_requests` calls (default 100)
+    # by closing the old session under any requests still in flight on it: under concurrency those fail
+    # with "Server disconnected" (bentoml/BentoML#4971). One worker, so nothing to rebalance: never renew.
+    runner_connection={"max_requests": 2**62, "max_age": 1e12},
+)
 class GeneratorModel:
     """The champion generator in eval mode; ``forward`` is batched across requests.
 
@@ -137,6 +145,14 @@ class GanService:
             self._info = await self.model.to_async.info()
         return self._info
 
+    async def _forward(self, z: np.ndarray) -> np.ndarray:
+        import aiohttp
+
+        try:
+            return await self.model.to_async.forward(z)
+        except aiohttp.ClientConnectionError:  # a pooled connection closed under us: safe to repeat once
+            return await self.model.to_async.forward(z)
+
     @bentoml.api(route="/generate")
     async def generate(
         self,
@@ -149,7 +165,7 @@ class GanService:
         seed = secrets.randbelow(2**31) if seed is None else seed
         info = await self._model()
         z = torch.randn(n, info["latent_dim"], generator=torch.Generator().manual_seed(seed)).numpy()
-        images = await self.model.to_async.forward(z)  # (n, S, S, C) uint8
+        images = await self._forward(z)  # (n, S, S, C) uint8
         ctx.response.headers["X-Seed"] = str(seed)
         if format == "png_list":
             pngs = [base64.b64encode(_png(im)).decode() for im in images]
