@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -310,6 +311,126 @@ def champion_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
         _fail(f"no model {name}@{alias} in {uri}: run the pipeline (`dvc repro` or `make demo`) first")
     numbers = ", ".join(f"{k} {facts[k]:.4g}" for k in ("domain_fid", "coverage", "kl") if k in facts)
     typer.echo(f"{name}@{alias} = v{facts['version']} (run {facts['run_id']}): {numbers}")
+
+
+STYLE_INPUTS = Path("data/style")
+STYLIZED = Path("data/stylized")
+STYLE_MODELS = Path("models/style")
+SHEET = Path("data/stylized_sheet.png")
+
+
+@app.command("style-inputs")
+def style_inputs_cmd() -> None:
+    """Stage `style_inputs`: write the offline default content photos and style textures to data/style/."""
+    from ganops.style_inputs import write_defaults
+
+    w = write_defaults(STYLE_INPUTS)
+    typer.echo(f"content {', '.join(w['content'])}; styles {', '.join(w['styles'])} -> {STYLE_INPUTS}/")
+
+
+def _style_files(style_dir: Path, blend: dict[str, float]) -> list[tuple[Path, float]]:
+    from ganops.stylize import StyleError, list_images
+
+    files = {p.stem: p for p in list_images(style_dir)}
+    missing = [stem for stem in blend if stem not in files]
+    if missing:
+        raise StyleError(
+            f"style image(s) {missing} not in {style_dir}/ (it holds: {sorted(files) or 'nothing'})"
+        )
+    return [(files[stem], w) for stem, w in blend.items()]
+
+
+@app.command()
+def stylize(
+    style: Annotated[str, typer.Option(help="Which entry of style.styles to apply.")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Stage `stylize@<style>`: style every image of style.content_dir -> data/stylized/<style>/ (+ MLflow)."""
+    from ganops.checkpoint import atomic_write
+    from ganops.models.style import StyleWeightsError, build_vgg
+    from ganops.stylize import (
+        StyleError,
+        fast_stylize,
+        gatys,
+        list_images,
+        load_image,
+        save_image,
+        train_fast,
+    )
+    from ganops.tracking import TrackingError, register_folder, style_run
+
+    p = _params(params, set_)
+    sp = p.style
+    if style not in sp.styles:
+        _fail(f"unknown style {style!r}; style.styles defines: {', '.join(sp.styles)}")
+    try:
+        contents = list_images(sp.content_dir)
+        if not contents:
+            raise StyleError(f"no images in {sp.content_dir}/")
+        styles = [
+            (load_image(f, sp.max_side), w) for f, w in _style_files(Path(sp.style_dir), sp.styles[style])
+        ]
+        content_imgs = [load_image(f, sp.max_side) for f in contents]
+        vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
+    except (StyleError, StyleWeightsError, ValueError) as err:
+        _fail(str(err))
+    log.info("feature extractor: %s", vgg.name)  # never hide the offline fallback
+    out, models = STYLIZED / style, STYLE_MODELS / style
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(models, ignore_errors=True)
+    try:
+        net = None
+        if sp.method == "fast":
+            with style_run(p, style=style, content="(training)", extractor=vgg.name) as run:
+                net = train_fast(content_imgs, styles, vgg, sp, seed=p.base.seed, progress=progress,
+                                 on_metrics=run.on_metrics)  # fmt: skip
+                atomic_write(models / "transformer.pt", net.state_dict())
+                atomic_write(models / "config.json", json.dumps({"method": "fast", "model": net.cfg.to_dict(),
+                             "style": style, "blend": sp.styles[style], "extractor": vgg.name}, indent=2))  # fmt: skip
+                run.log_artifacts(models, "checkpoint")
+                version = register_folder(run.run_id, "checkpoint", f"ganops-style-{style}", "champion",
+                                          {"style": style, "extractor": vgg.name})  # fmt: skip
+            typer.echo(f"fast net for {style} -> {models}/ (registered ganops-style-{style} v{version})")
+        else:
+            atomic_write(models / "config.json", json.dumps({"method": "gatys", "style": style}, indent=2))
+        for path, img in zip(contents, content_imgs, strict=True):
+            with style_run(p, style=style, content=path.stem, extractor=vgg.name) as run:
+                t0 = time.perf_counter()
+                if net is not None:
+                    result, metrics = fast_stylize(net, img), {}
+                else:
+                    r = gatys(img, styles, vgg, sp, seed=p.base.seed, progress=progress)
+                    result = r.image
+                    metrics = {f"final_{k}": v for k, v in r.losses.items()} | {"start_total": r.start_total,
+                               "evaluations": float(r.evaluations)}  # fmt: skip
+                metrics["seconds"] = time.perf_counter() - t0
+                saved = save_image(result, out / f"{path.stem}.png")
+                run.log_metrics(metrics)
+                run.log_artifact(saved, "stylized")
+            typer.echo(f"{style} x {path.name} -> {saved}" + (f" (loss {metrics['start_total']:.3g} -> "
+                       f"{metrics['final_total']:.3g})" if "final_total" in metrics else ""))  # fmt: skip
+    except TrackingError as err:
+        _fail(str(err))
+
+
+@app.command("stylize-sheet")
+def stylize_sheet(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Stage `stylize_sheet`: one PNG, content images on top and a row per style -> data/stylized_sheet.png."""
+    from ganops.stylize import StyleError, contact_sheet, list_images, load_image, save_image
+
+    p = _params(params, set_)
+    try:
+        contents = list_images(p.style.content_dir)
+        imgs = [load_image(f, 512) for f in contents]
+        rows = {
+            s: [load_image(STYLIZED / s / f"{f.stem}.png", 512) for f in contents] for s in p.style.styles
+        }
+    except StyleError as err:
+        _fail(f"{err}: run `dvc repro` (or `ganops stylize --style ...`) first")
+    save_image(contact_sheet(imgs, rows), SHEET)
+    typer.echo(f"contact sheet ({len(contents)} contents x {len(rows)} styles) -> {SHEET}")
 
 
 @app.command()

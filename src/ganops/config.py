@@ -101,6 +101,57 @@ class PromoteParams(_Group):
     alias: str = Field("champion", min_length=1)
 
 
+class StyleParams(_Group):
+    content_dir: str = "data/style/content"
+    style_dir: str = "data/style/styles"
+    styles: dict[str, dict[str, float]] = Field(default_factory=lambda: {"waves": {"waves": 1.0}})
+    method: Literal["gatys", "fast"] = "gatys"
+    weights: Literal["pretrained", "random"] = "pretrained"
+    size: int = Field(256, ge=16, le=4096)
+    max_side: int = Field(1024, ge=16)
+    content_layer: str = "relu4_2"
+    style_layers: dict[str, float] = Field(
+        default_factory=lambda: {
+            "relu1_1": 1.0,
+            "relu2_1": 1.0,
+            "relu3_1": 1.0,
+            "relu4_1": 1.0,
+            "relu5_1": 1.0,
+        }
+    )
+    content_weight: float = Field(1.0, ge=0)
+    style_weight: float = Field(1e5, ge=0)
+    tv_weight: float = Field(1e-2, ge=0)
+    init: Literal["content", "noise", "content+noise"] = "content"
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1.0, gt=0)
+    scales: list[float] = Field(default_factory=lambda: [1.0])
+    style_scale: float = Field(1.0, gt=0, le=4)
+    preserve_color: Literal["none", "luminance", "match"] = "none"
+    fast_steps: int = Field(400, ge=1)
+    fast_batch_size: int = Field(4, ge=1)
+    fast_lr: float = Field(1e-3, gt=0)
+    fast_width: int = Field(32, ge=4)
+
+    @field_validator("styles")
+    @classmethod
+    def _styles(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for name, blend in v.items():
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"style name {name!r} must be a plain folder name")
+            if not blend or any(w <= 0 for w in blend.values()):
+                raise ValueError(f"style {name!r}: give at least one style image with a weight > 0")
+        return v
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < s <= 1 for s in v) or v != sorted(v) or v[-1] != 1.0:
+            raise ValueError("must rise to 1.0 with every scale in (0, 1], e.g. [0.5, 1.0]")
+        return v
+
+
 class TrackingParams(_Group):
     experiment: str = Field("ganops", min_length=1)
 
@@ -112,6 +163,7 @@ class Params(_Group):
     classifier: ClassifierParams = ClassifierParams()
     evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()
+    style: StyleParams = StyleParams()
     tracking: TrackingParams = TrackingParams()
 
     def flat(self) -> dict[str, Any]:

@@ -112,6 +112,9 @@ class RunLogger:
 
         mlflow.log_metrics(metrics, run_id=self.run_id)
 
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
 
 def _experiment_id(name: str, root: Path) -> str:
     import mlflow
@@ -303,3 +306,51 @@ def download_champion(name: str, alias: str, dst: Path | None = None) -> tuple[P
         )
     path = mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=str(dst) if dst else None)
     return Path(path), facts
+
+
+# ----------------------------------------------------------------------------- style transfer
+
+
+@contextmanager
+def style_run(
+    params: Params, *, style: str, content: str, extractor: str, root: Path | None = None
+) -> Iterator[RunLogger]:
+    """One MLflow run per (content, style) pair in the experiment ``<tracking.experiment>-stylize``."""
+    import mlflow
+
+    root = root or project_root()
+    use_store(root)
+    exp_id = _experiment_id(f"{params.tracking.experiment}-stylize", root)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{style}/{content}") as run:
+        mlflow.log_params({k: v for k, v in params.flat().items() if k.startswith(("style.", "base."))})
+        mlflow.set_tags({"style": style, "content": content, "extractor": extractor,
+                         "git_commit": git_commit(root), "entry_point": "dvc" if os.environ.get("DVC_STAGE") else "cli"})  # fmt: skip
+        yield RunLogger(run.info.run_id)
+
+
+def register_folder(run_id: str, artifact_path: str, name: str, alias: str, tags: dict[str, Any]) -> int:
+    """Register ``runs:/<run_id>/<artifact_path>`` as a new version of ``name`` and point ``alias`` at it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    c = MlflowClient()
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name)
+    mv = c.create_model_version(name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
+                                tags={k: str(v) for k, v in tags.items()})  # fmt: skip
+    c.set_registered_model_alias(name, alias, mv.version)
+    return int(mv.version)
+
+
+def registered_with_prefix(prefix: str, alias: str) -> dict[str, Path]:
+    """{model name: local folder} for every registered model ``<prefix>*`` that has ``alias``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    out = {}
+    for rm in MlflowClient().search_registered_models(f"name LIKE '{prefix}%'"):
+        if alias in (rm.aliases or {}):
+            out[rm.name] = Path(mlflow.artifacts.download_artifacts(f"models:/{rm.name}@{alias}"))
+    return out

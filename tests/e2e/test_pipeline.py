@@ -25,6 +25,7 @@ TINY = {
             "checkpoint_every": 3, "log_every": 2, "n_samples": 16},
     "classifier": {"epochs": 2},
     "evaluate": {"kid_subset_size": 20},
+    "style": {"size": 32, "steps": 5, "style_layers": {"relu1_1": 1.0, "relu2_1": 1.0}},
 }  # fmt: skip
 
 
@@ -63,15 +64,17 @@ def repo(tmp_path_factory):
 
 
 def _runs(d: Path):
+    """The GAN training runs (experiment `ganops`), oldest first."""
     c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
-    exps = [e.experiment_id for e in c.search_experiments()]
-    return c, c.search_runs(exps, order_by=["attributes.start_time ASC"])
+    exp = c.get_experiment_by_name("ganops")
+    return c, c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
 
 
 def test_repro_trains_logs_and_is_idempotent(repo):
     d, env = repo
     r = sh(["dvc", "repro"], d, env)
-    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote"):
+    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote", "style_inputs", "stylize@waves",
+                  "stylize@mosaic", "stylize_sheet"):  # fmt: skip
         assert f"Running stage '{stage}'" in r.stdout
     for out in ["data/prepared/dataset.pt", "data/prepared/manifest.json", "models/gan/final/generator.pt",
                 "models/gan/final/samples.png", "metrics/train_gan.json", "metrics/train_gan_losses.csv",
@@ -91,9 +94,31 @@ def test_repro_trains_logs_and_is_idempotent(repo):
     assert c.get_model_version_by_alias("ganops-generator", "champion").run_id == run.info.run_id
 
     again = sh(["dvc", "repro"], d, env)
-    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote"):
+    for stage in (
+        "prepare",
+        "train_gan",
+        "classifier",
+        "evaluate",
+        "promote",
+        "stylize@waves",
+        "stylize_sheet",
+    ):
         assert f"Stage '{stage}' didn't change" in again.stdout
     assert len(_runs(d)[1]) == 1  # nothing trained
+
+    # style transfer: 2 contents x 2 styles, a contact sheet, one MLflow run per pair
+    for style in ("waves", "mosaic"):
+        for content in ("china", "flower"):
+            assert (d / "data/stylized" / style / f"{content}.png").is_file()
+    assert (d / "data/stylized_sheet.png").is_file()
+    exp = c.get_experiment_by_name("ganops-stylize")
+    pairs = c.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["style"] + "/" + r.data.tags["content"] for r in pairs) == [
+        "mosaic/china", "mosaic/flower", "waves/china", "waves/flower"]  # fmt: skip
+    for pr in pairs:
+        assert pr.data.metrics["final_total"] < pr.data.metrics["start_total"]
+        assert pr.data.tags["extractor"] == "vgg19-random-seed0"
+        assert [a.path for a in c.list_artifacts(pr.info.run_id, "stylized")]
 
     metrics = sh(["dvc", "metrics", "show"], d, env).stdout
     assert "metrics/train_gan.json" in metrics and "loss_d" in metrics

@@ -1,0 +1,321 @@
+"""Stage `stylize`: neural style transfer — Gatys optimisation and Johnson's fast feed-forward nets.
+
+Images are (1, 3, H, W) float in [0, 1]. Gatys: optimise the pixels so that VGG features match the content
+image at ``content_layer`` and the Gram matrices match the (blended) style images at ``style_layers``,
+plus total variation; L-BFGS (default) or Adam, optionally coarse-to-fine over ``scales``. Fast: train a
+TransformerNet per style on a folder of content images with the same losses, then one forward pass per
+image at any size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from ganops.config import StyleParams
+from ganops.losses import content_loss, gram, style_loss, tv_loss
+from ganops.models.style import TransformerConfig, TransformerNet, VGGFeatures
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class StyleError(RuntimeError):
+    """A content or style image cannot be used; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def load_image(path: str | Path, max_side: int) -> torch.Tensor:
+    """Read an image as (1, 3, H, W) in [0, 1], EXIF-rotated, downscaled so its longer side <= max_side.
+
+    Raises:
+        StyleError: missing, empty, unreadable or corrupt file (named in the message).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise StyleError(f"{path}: empty file")
+        with Image.open(path) as f:
+            f.draft("RGB", (max_side, max_side))  # JPEG: decode big photos at reduced size directly
+            f.load()
+            img = ImageOps.exif_transpose(f).convert("RGB")
+    except FileNotFoundError:
+        raise StyleError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise StyleError(f"{path}: not an image") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise StyleError(f"{path}: unreadable or corrupt image ({err})") from None
+    if max(img.size) > max_side:  # never an out-of-memory crash on a huge photo
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def save_image(x: torch.Tensor, path: str | Path) -> Path:
+    """(1, 3, H, W) in [0, 1] -> PNG (written atomically)."""
+    import io
+
+    from ganops.checkpoint import atomic_write
+
+    a = (x[0].detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return atomic_write(path, buf.getvalue())
+
+
+def resize_long(x: torch.Tensor, long_side: int) -> torch.Tensor:
+    """Resize (B, 3, H, W) so the longer side is ``long_side`` (aspect kept)."""
+    H, W = x.shape[-2:]
+    s = long_side / max(H, W)
+    size = (max(1, round(H * s)), max(1, round(W * s)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=s < 1)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files in ``folder`` (not recursive, sorted); hidden files ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StyleError(f"{folder}: no such folder")
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def to_yiq(x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", _YIQ.to(x), x)
+
+
+def from_yiq(x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_YIQ).to(x), x)
+
+
+def keep_luminance(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Luminance-only transfer (Gatys et al. 2016): the result's Y with the content's chroma (I, Q)."""
+    y = to_yiq(result)[:, :1]
+    iq = to_yiq(F.interpolate(content, size=result.shape[-2:], mode="bilinear", align_corners=False))[:, 1:]
+    return from_yiq(torch.cat([y, iq], 1)).clamp(0, 1)
+
+
+def match_colors(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Colour matching: give the style image the content's per-channel mean and covariance (before transfer)."""
+    s, c = style.reshape(3, -1), content.reshape(3, -1)
+    ms, mc = s.mean(1, keepdim=True), c.mean(1, keepdim=True)
+    cs, cc = torch.cov(s) + 1e-5 * torch.eye(3), torch.cov(c) + 1e-5 * torch.eye(3)
+
+    def sqrtm(m: torch.Tensor, inv: bool = False) -> torch.Tensor:
+        e, v = torch.linalg.eigh(m)
+        e = e.clamp_min(1e-8) ** (-0.5 if inv else 0.5)
+        return v @ torch.diag(e) @ v.T
+
+    out = sqrtm(cc) @ sqrtm(cs, inv=True) @ (s - ms) + mc
+    return out.reshape(style.shape).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- Gatys
+
+
+@dataclass
+class StyleResult:
+    image: torch.Tensor  # (1, 3, H, W) in [0, 1]
+    losses: dict[str, float]  # final content / style / tv / total
+    start_total: float  # total loss at the first evaluation
+    evaluations: int
+    history: list[float] = field(default_factory=list)  # total loss per evaluation
+
+
+def style_targets(
+    styles: list[tuple[torch.Tensor, float]], vgg: VGGFeatures, layers: list[str], long_side: int
+) -> dict[str, torch.Tensor]:
+    """Blended target Gram matrices: sum_i w_i * Gram(style_i) with weights normalised to 1."""
+    total = sum(w for _, w in styles)
+    grams: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for img, w in styles:
+            feats = vgg(resize_long(img, long_side))
+            for n in layers:
+                g = gram(feats[n]) * (w / total)
+                grams[n] = grams[n] + g if n in grams else g
+    return grams
+
+
+def _optimise(
+    x0: torch.Tensor,
+    c_feat: torch.Tensor,
+    grams: dict[str, torch.Tensor],
+    vgg: VGGFeatures,
+    p: StyleParams,
+    losses: dict[str, float],
+    history: list[float],
+    desc: str | None,
+) -> torch.Tensor:
+    """Run ``p.steps`` loss evaluations of L-BFGS (or Adam steps) on the pixels, from ``x0``."""
+    x = x0.detach().contiguous().requires_grad_(True)
+    bar = tqdm(total=p.steps, desc=desc, unit="eval", disable=desc is None, mininterval=1.0)
+    opt: torch.optim.Optimizer
+    if p.optimizer == "lbfgs":
+        opt = torch.optim.LBFGS([x], lr=p.lr, max_iter=p.steps, max_eval=p.steps, history_size=50,
+                                line_search_fn="strong_wolfe")  # fmt: skip
+    else:
+        opt = torch.optim.Adam([x], lr=p.lr)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        feats = vgg(x)
+        lc = p.content_weight * content_loss(feats[p.content_layer], c_feat)
+        ls = p.style_weight * style_loss(feats, grams, p.style_layers)
+        lt = p.tv_weight * tv_loss(x)
+        total = lc + ls + lt
+        total.backward()
+        losses.update(content=lc.item(), style=ls.item(), tv=lt.item(), total=total.item())
+        history.append(losses["total"])
+        bar.update(1)
+        return total
+
+    if p.optimizer == "lbfgs":
+        opt.step(closure)  # type: ignore[arg-type]
+    else:
+        for _ in range(p.steps):
+            opt.step(closure)  # type: ignore[arg-type]
+            with torch.no_grad():
+                x.clamp_(0, 1)
+    bar.close()
+    return x.detach()
+
+
+def gatys(
+    content: torch.Tensor,
+    styles: list[tuple[torch.Tensor, float]],
+    vgg: VGGFeatures,
+    p: StyleParams,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> StyleResult:
+    """Optimise an image with ``content``'s structure and the blended ``styles``' textures.
+
+    Args:
+        content: (1, 3, H, W) in [0, 1]; resized so its longer side is ``p.size``.
+        styles: [(image, blend weight)]; each resized to ``p.style_scale`` x the working size.
+        vgg: feature extractor holding ``p.content_layer`` and ``p.style_layers``.
+        p: the ``style`` params group (weights, init, optimizer, steps = loss evaluations per scale).
+    """
+    g = torch.Generator().manual_seed(seed)
+    if p.preserve_color == "match":
+        styles = [(match_colors(s, content), w) for s, w in styles]
+    x: torch.Tensor | None = None
+    history: list[float] = []
+    losses: dict[str, float] = {}
+    for scale in p.scales:  # coarse to fine: each scale starts from the previous result, upsampled
+        side = max(16, round(p.size * scale))
+        c = resize_long(content, side)
+        with torch.no_grad():
+            c_feat = vgg(c)[p.content_layer]
+        grams = style_targets(styles, vgg, list(p.style_layers), round(side * p.style_scale))
+        if x is None:
+            noise = torch.rand(c.shape, generator=g)
+            x = {"content": c.clone(), "noise": noise, "content+noise": (0.6 * c + 0.4 * noise)}[p.init]
+        else:
+            x = F.interpolate(x, size=c.shape[-2:], mode="bilinear", align_corners=False)
+        x = _optimise(x, c_feat, grams, vgg, p, losses, history, f"gatys {side}px" if progress else None)
+    assert x is not None
+    out = x.detach().clamp(0, 1)
+    if p.preserve_color == "luminance":
+        out = keep_luminance(out, content)
+    return StyleResult(out, dict(losses), history[0] if history else math.nan, len(history), history)
+
+
+# ----------------------------------------------------------------------------- fast (Johnson et al.)
+
+
+def train_fast(
+    contents: list[torch.Tensor],
+    styles: list[tuple[torch.Tensor, float]],
+    vgg: VGGFeatures,
+    p: StyleParams,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+) -> TransformerNet:
+    """Train a TransformerNet for one (blended) style on random ``p.size`` crops of ``contents``."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    net = TransformerNet(TransformerConfig(width=p.fast_width))
+    opt = torch.optim.Adam(net.parameters(), lr=p.fast_lr)
+    grams = style_targets(styles, vgg, list(p.style_layers), round(p.size * p.style_scale))
+    pool = [
+        resize_long(c, max(p.size, min(c.shape[-2:]) if min(c.shape[-2:]) >= p.size else p.size))
+        for c in contents
+    ]
+    crop = min(p.size, *(min(c.shape[-2:]) for c in pool))
+    bar = tqdm(
+        range(1, p.fast_steps + 1), desc="fast style", unit="step", disable=not progress, mininterval=1.0
+    )
+    for step in bar:
+        batch = []
+        for _ in range(p.fast_batch_size):
+            c = pool[int(torch.randint(len(pool), (1,), generator=g))]
+            i = int(torch.randint(c.shape[-2] - crop + 1, (1,), generator=g))
+            j = int(torch.randint(c.shape[-1] - crop + 1, (1,), generator=g))
+            batch.append(c[..., i : i + crop, j : j + crop])
+        x = torch.cat(batch)  # (B, 3, crop, crop)
+        y = net(x)
+        with torch.no_grad():
+            target = vgg(x)[p.content_layer]
+        feats = vgg(y)
+        lc = p.content_weight * content_loss(feats[p.content_layer], target)
+        ls = p.style_weight * style_loss(feats, grams, p.style_layers)
+        lt = p.tv_weight * tv_loss(y)
+        loss = lc + ls + lt
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if on_metrics and (step % 10 == 0 or step == p.fast_steps):
+            on_metrics(step, {"fast_content": lc.item(), "fast_style": ls.item(), "fast_total": loss.item()})
+        bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
+    return net.eval()
+
+
+@torch.inference_mode()
+def fast_stylize(net: TransformerNet, image: torch.Tensor) -> torch.Tensor:
+    """One forward pass: (1, 3, H, W) -> (1, 3, H, W), any size."""
+    return net(image)
+
+
+# ----------------------------------------------------------------------------- contact sheet
+
+
+def contact_sheet(
+    contents: list[torch.Tensor], rows: dict[str, list[torch.Tensor]], tile: int = 160
+) -> torch.Tensor:
+    """A grid a person can read: first row the content images, then one row per style."""
+
+    def fit(x: torch.Tensor) -> torch.Tensor:
+        y = resize_long(x, tile)
+        ph, pw = tile - y.shape[-2], tile - y.shape[-1]
+        return F.pad(y, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=1.0)
+
+    pad = 4
+    lines = [contents] + list(rows.values())
+    H = len(lines) * (tile + pad) + pad
+    W = len(contents) * (tile + pad) + pad
+    sheet = torch.ones(1, 3, H, W)
+    for r, line in enumerate(lines):
+        for c, im in enumerate(line):
+            y0, x0 = pad + r * (tile + pad), pad + c * (tile + pad)
+            sheet[..., y0 : y0 + tile, x0 : x0 + tile] = fit(im)
+    return sheet

@@ -1,0 +1,125 @@
+import pytest
+import torch
+from PIL import Image
+
+from ganops.config import StyleParams
+from ganops.losses import gram, style_loss, tv_loss
+from ganops.models.style import StyleWeightsError, TransformerNet, build_vgg
+from ganops.stylize import (
+    StyleError,
+    contact_sheet,
+    fast_stylize,
+    gatys,
+    keep_luminance,
+    load_image,
+    match_colors,
+    to_yiq,
+    train_fast,
+)
+
+P = StyleParams(
+    weights="random", size=32, steps=25, style_layers={"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0}
+)
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return build_vgg("random", [P.content_layer, *P.style_layers], seed=0)
+
+
+def test_gram_known_values():
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)  # C=2 channels, 2 pixels
+    # rows (1, 2) and (3, 4): dots 5, 11, 25, normalised by C*H*W = 4
+    assert torch.allclose(gram(f), torch.tensor([[[5.0, 11.0], [11.0, 25.0]]]) / 4)
+
+
+def test_tv_known_values():
+    x = torch.zeros(1, 1, 3, 3)
+    assert tv_loss(x).item() == 0
+    x[..., :, 2] = 1.0  # a vertical edge: horizontal diffs (0, 1) per row -> mean 0.5; vertical diffs 0
+    assert tv_loss(x).item() == pytest.approx(0.5)
+
+
+def test_style_loss_zero_at_target():
+    feats = {"a": torch.rand(1, 4, 5, 5)}
+    assert style_loss(feats, {"a": gram(feats["a"])}, {"a": 1.0}).item() == pytest.approx(0, abs=1e-9)
+
+
+def test_truncated_after_last_layer(vgg):
+    assert len(vgg.body) == 23 and vgg.name == "vgg19-random-seed0"  # through relu4_2 (index 22)
+    out = vgg(torch.rand(1, 3, 32, 32))
+    assert set(out) == {"relu4_2", "relu1_1", "relu2_1", "relu3_1"}
+
+
+@pytest.mark.parametrize("init,opt,lr", [("content", "lbfgs", 1.0), ("noise", "adam", 0.05)])
+def test_gatys_lowers_the_loss(vgg, init, opt, lr):
+    torch.manual_seed(0)
+    content, style = torch.rand(1, 3, 24, 32), torch.rand(1, 3, 32, 32)
+    r = gatys(content, [(style, 1.0)], vgg, P.model_copy(update={"init": init, "optimizer": opt, "lr": lr}))
+    assert r.image.shape == (1, 3, 24, 32) and r.image.min() >= 0 and r.image.max() <= 1
+    assert r.losses["total"] < 0.5 * r.start_total and r.evaluations == 25
+
+
+def test_multiscale_and_blend(vgg):
+    content = torch.rand(1, 3, 32, 32)
+    styles = [(torch.rand(1, 3, 32, 32), 0.7), (torch.rand(1, 3, 16, 16), 0.3)]
+    r = gatys(content, styles, vgg, P.model_copy(update={"scales": [0.5, 1.0], "steps": 10}))
+    assert r.image.shape == (1, 3, 32, 32) and r.evaluations == 20
+
+
+def test_luminance_keeps_the_content_chroma(vgg):
+    content = torch.rand(1, 3, 32, 32) * 0.5 + 0.25  # moderate colours: clamping to [0, 1] rarely bites
+    r = gatys(
+        content, [(torch.rand(1, 3, 32, 32), 1.0)], vgg, P.model_copy(update={"preserve_color": "luminance"})
+    )
+    iq_out, iq_content = to_yiq(r.image)[:, 1:], to_yiq(content)[:, 1:]
+    assert (iq_out - iq_content).abs().mean() < 0.01
+    raw = gatys(content, [(torch.rand(1, 3, 32, 32), 1.0)], vgg, P)
+    assert (to_yiq(raw.image)[:, 1:] - iq_content).abs().mean() > (iq_out - iq_content).abs().mean()
+    same = keep_luminance(content, content)
+    assert torch.allclose(same, content, atol=1e-4)
+
+
+def test_match_colors_moves_style_stats_to_content():
+    style = torch.rand(1, 3, 16, 16) * 0.3  # dark
+    content = torch.rand(1, 3, 16, 16) * 0.3 + 0.6  # bright
+    m = match_colors(style, content)
+    assert torch.allclose(m.mean(dim=(2, 3)), content.mean(dim=(2, 3)), atol=0.02)
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (37, 50), (64, 24)])
+def test_fast_net_keeps_the_size(h, w):
+    net = TransformerNet().eval()
+    assert fast_stylize(net, torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
+
+
+def test_train_fast_lowers_its_loss(vgg):
+    seen = []
+    p = P.model_copy(update={"fast_steps": 20, "fast_batch_size": 2, "fast_width": 8, "fast_lr": 5e-3})
+    net = train_fast([torch.rand(1, 3, 40, 48)], [(torch.rand(1, 3, 32, 32), 1.0)], vgg, p,
+                     on_metrics=lambda s, m: seen.append(m["fast_total"]))  # fmt: skip
+    assert not net.training and len(seen) == 2 and seen[-1] < seen[0]
+
+
+def test_load_image_errors_name_the_file(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    good = tmp_path / "big.png"
+    Image.new("RGB", (300, 100), (255, 0, 0)).save(good)
+    for name, msg in (("empty.png", "empty file"), ("bad.jpg", "not an image"), ("nope.png", "no such file")):
+        with pytest.raises(StyleError, match=f"{name}: {msg}"):
+            load_image(tmp_path / name, 64)
+    x = load_image(good, 60)  # larger than max_side: downscaled, never kept huge
+    assert x.shape == (1, 3, 20, 60) and x[0, 0].mean() > 0.99
+
+
+def test_pretrained_without_cache_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(StyleWeightsError) as e:
+        build_vgg("pretrained", ["relu1_1"], download=False)
+    assert "vgg19-dcbb9e9d.pth" in str(e.value) and str(tmp_path / "hub" / "checkpoints") in str(e.value)
+
+
+def test_contact_sheet_layout():
+    sheet = contact_sheet([torch.rand(1, 3, 20, 30)] * 2, {"a": [torch.rand(1, 3, 20, 30)] * 2}, tile=16)
+    assert sheet.shape == (1, 3, 2 * 20 + 4, 2 * 20 + 4)  # 2 rows x 2 columns of 16 px tiles, 4 px gaps
