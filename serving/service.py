@@ -19,12 +19,14 @@ import io
 import math
 import os
 import secrets
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
 import torch
 from bentoml.validators import ContentType
+from PIL import Image, ImageOps
 from pydantic import Field
 from starlette.responses import JSONResponse
 
@@ -34,6 +36,8 @@ MODEL_NAME = os.environ.get("GANOPS_MODEL_NAME", "ganops-generator")
 MODEL_ALIAS = os.environ.get("GANOPS_MODEL_ALIAS", "champion")
 MAX_N = int(os.environ.get("GANOPS_MAX_N", "64"))
 MAX_BODY = int(os.environ.get("GANOPS_MAX_BODY_BYTES", str(64 * 1024)))
+MAX_UPLOAD = int(os.environ.get("GANOPS_MAX_UPLOAD_BYTES", str(8 * 1024 * 1024)))  # /stylize only
+STYLE_MAX_SIDE = int(os.environ.get("GANOPS_STYLE_MAX_SIDE", "1024"))
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
@@ -80,15 +84,16 @@ class GeneratorModel:
 class BodyLimit:
     """ASGI middleware: 413 for request bodies over GANOPS_MAX_BODY_BYTES (by header or as they stream)."""
 
-    def __init__(self, app: Any, max_bytes: int = MAX_BODY) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY, max_upload: int = MAX_UPLOAD) -> None:
+        self.app, self.max_bytes, self.max_upload = app, max_bytes, max_upload
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.max_upload if scope.get("path") == "/stylize" else self.max_bytes
         length = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = JSONResponse({"error": f"request body over {self.max_bytes} bytes"}, status_code=413)
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        too_big = JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)
+        if length is not None and (not length.isdigit() or int(length) > limit):
             return await too_big(scope, receive, send)
         seen = 0
 
@@ -96,7 +101,7 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise ValueError("request body too large")
             return message
 
@@ -130,6 +135,23 @@ def _grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
     return out
 
 
+def _load_style_nets() -> dict[str, torch.nn.Module]:
+    """Every registered ``ganops-style-<name>@<alias>`` fast net, by style name (empty if none)."""
+    import json
+
+    from ganops.models.style import TransformerConfig, TransformerNet
+    from ganops.tracking import registered_with_prefix, use_store
+
+    use_store()
+    nets = {}
+    for model, folder in registered_with_prefix("ganops-style-", MODEL_ALIAS).items():
+        cfg = json.loads((folder / "config.json").read_text())
+        net = TransformerNet(TransformerConfig(**cfg["model"]))
+        net.load_state_dict(torch.load(folder / "transformer.pt", map_location="cpu", weights_only=True))
+        nets[model.removeprefix("ganops-style-")] = net.eval()
+    return nets
+
+
 @bentoml.service(name="ganops", workers=1, traffic={"timeout": 30}, http={"host": "127.0.0.1"})
 @bentoml.asgi_app(gallery_app, path="/ui")
 class GanService:
@@ -139,6 +161,7 @@ class GanService:
 
     def __init__(self) -> None:
         self._info: dict[str, Any] | None = None
+        self.styles = _load_style_nets()
 
     async def _model(self) -> dict[str, Any]:
         if self._info is None:  # asked once, on first use: the dependency may start after us
@@ -179,6 +202,32 @@ class GanService:
         keys = ("version", "run_id", "dataset_hash", "extractor", "image_size", "channels", "latent_dim")
         out = {"name": MODEL_NAME, "alias": MODEL_ALIAS} | {k: info.pop(k, None) for k in keys}
         return out | {"metrics": info, "max_n": MAX_N}
+
+    @bentoml.api(route="/stylize")
+    def stylize(
+        self,
+        image: Annotated[Path, Field(description="the photo (multipart file upload)")],
+        style: Annotated[str, Field(min_length=1, max_length=100, description="a registered style name")],
+    ) -> Image.Image:
+        """Style an uploaded photo with the registered fast net ``ganops-style-<style>``; returns a PNG."""
+        from bentoml.exceptions import InvalidArgument, NotFound
+
+        if not self.styles:
+            raise NotFound("no style nets registered: run the pipeline with style.method: fast")
+        if style not in self.styles:
+            raise InvalidArgument(f"unknown style {style!r}; available: {', '.join(sorted(self.styles))}")
+        try:  # decoded here, not by BentoML, so a bad upload is the client's 400, not our 500
+            with Image.open(image) as f:
+                f.draft("RGB", (STYLE_MAX_SIDE, STYLE_MAX_SIDE))
+                f.load()
+                img = ImageOps.exif_transpose(f).convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise InvalidArgument(f"the upload is not a readable image ({err})") from None
+        img.thumbnail((STYLE_MAX_SIDE, STYLE_MAX_SIDE), Image.Resampling.LANCZOS)  # never a huge tensor
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        with torch.inference_mode():
+            y = self.styles[style](x)[0]  # (3, H, W) in [0, 1]
+        return Image.fromarray((y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 GanService.add_asgi_middleware(BodyLimit)

@@ -115,3 +115,53 @@ def test_params_yaml_keys_all_have_comments():
         if line.startswith("  ") and ":" in line and not line.strip().startswith("#"):
             assert "#" in line, f"params.yaml key without a comment: {line.strip()}"
     assert yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+STYLE_TINY = [
+    "-S",
+    "style.size=32",
+    "-S",
+    "style.steps=4",
+    "-S",
+    "style.style_layers={relu1_1: 1.0, relu2_1: 1.0}",
+]
+
+
+def test_style_inputs_stylize_and_sheet(project, isolated_tracking):
+    runner = CliRunner()
+    r = runner.invoke(app, ["style-inputs"])
+    assert r.exit_code == 0 and "china.png, flower.png" in r.output
+    r = runner.invoke(app, ["stylize", "--style", "waves", "--no-progress", *STYLE_TINY])
+    assert r.exit_code == 0, r.output
+    assert "waves x china.png -> data/stylized/waves/china.png (loss" in r.output
+    fast = ["-S", "style.method=fast", "-S", "style.fast_steps=3", "-S", "style.fast_width=4"]
+    r = runner.invoke(app, ["stylize", "--style", "mosaic", "--no-progress", *STYLE_TINY, *fast])
+    assert r.exit_code == 0, r.output
+    assert "registered ganops-style-mosaic v1" in r.output
+    assert (project / "models/style/mosaic/transformer.pt").is_file()
+    from PIL import Image
+
+    out = Image.open(project / "data/stylized/mosaic/flower.png")
+    src = Image.open(project / "data/style/content/flower.png")
+    assert out.size == src.size  # the fast net styles at full size
+    r = runner.invoke(app, ["stylize-sheet"])
+    assert r.exit_code == 0 and "2 contents x 2 styles" in r.output
+    c = MlflowClient(isolated_tracking)
+    exp = c.get_experiment_by_name("ganops-stylize")
+    assert len(c.search_runs([exp.experiment_id])) == 2 + 1 + 2  # gatys pairs, fast training, fast pairs
+    assert int(c.get_model_version_by_alias("ganops-style-mosaic", "champion").version) == 1
+
+
+def test_stylize_errors_name_what_is_wrong(project):
+    runner = CliRunner()
+    r = runner.invoke(app, ["stylize", "--style", "starry"])
+    assert r.exit_code == 2 and "unknown style 'starry'; style.styles defines: waves, mosaic" in r.output
+    r = runner.invoke(app, ["stylize", "--style", "waves"])
+    assert r.exit_code == 2 and "data/style/content: no such folder" in r.output
+    runner.invoke(app, ["style-inputs"])
+    (project / "data/style/styles/waves.png").unlink()
+    r = runner.invoke(app, ["stylize", "--style", "waves"])
+    assert r.exit_code == 2 and "style image(s) ['waves'] not in data/style/styles/" in r.output
+    (project / "data/style/content/broken.jpg").write_bytes(b"\xff\xd8 nope")
+    r = runner.invoke(app, ["stylize", "--style", "mosaic"])
+    assert r.exit_code == 2 and "broken.jpg: not an image" in r.output

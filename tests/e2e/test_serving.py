@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
 from ganops.config import DataParams, GanParams, parse_params
@@ -40,9 +41,33 @@ def make_champion(root: Path, uri: str) -> dict:
         facts = register_generator(run.run_id, "ganops-generator",
                                    {"dataset_hash": manifest(d)["content_hash"], "extractor": "test", "domain_fid": 1.5})  # fmt: skip
         set_alias("ganops-generator", "champion", facts["version"])
+        register_style_net(root)
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     return facts
+
+
+def register_style_net(root: Path) -> None:
+    """A tiny fast style net, logged and registered as ganops-style-waves@champion (as the stage does)."""
+    import json
+
+    from ganops.checkpoint import atomic_write
+    from ganops.config import StyleParams
+    from ganops.models.style import build_vgg
+    from ganops.stylize import train_fast
+    from ganops.tracking import register_folder, style_run
+
+    sp = StyleParams(weights="random", size=32, fast_steps=2, fast_width=4, style_layers={"relu1_1": 1.0})
+    vgg = build_vgg("random", [sp.content_layer, *sp.style_layers])
+    net = train_fast([torch.rand(1, 3, 40, 40)], [(torch.rand(1, 3, 32, 32), 1.0)], vgg, sp)
+    folder = root / "style_net"
+    atomic_write(folder / "transformer.pt", net.state_dict())
+    atomic_write(folder / "config.json", json.dumps({"method": "fast", "model": net.cfg.to_dict()}))
+    with style_run(
+        parse_params({}), style="waves", content="(training)", extractor=vgg.name, root=root
+    ) as run:
+        run.log_artifacts(folder, "checkpoint")
+        register_folder(run.run_id, "checkpoint", "ganops-style-waves", "champion", {"style": "waves"})
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +241,40 @@ def test_bento_builds(tmp_path):
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Successfully built Bento" in r.stdout + r.stderr
+
+
+def _upload(img: Image.Image | bytes, name: str = "photo.png") -> dict:
+    if isinstance(img, Image.Image):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        img = buf.getvalue()
+    return {"image": (name, img, "image/png")}
+
+
+def test_stylize_returns_an_image_of_the_upload_size(server):
+    base, _ = server
+    r = post(
+        base, "/stylize", files=_upload(Image.new("RGB", (50, 37), (200, 30, 30))), data={"style": "waves"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (50, 37)
+
+
+@pytest.mark.parametrize(
+    "files,data,status",
+    [
+        (lambda: _upload(Image.new("RGB", (20, 20))), {"style": "starry"}, 400),  # unknown style
+        (lambda: _upload(Image.new("RGB", (20, 20))), {}, 400),  # no style
+        (lambda: _upload(b"this is not an image", "notes.png"), {"style": "waves"}, 400),
+        (lambda: _upload(b"", "empty.png"), {"style": "waves"}, 400),
+        (lambda: {}, {"style": "waves"}, 400),  # no file
+        (lambda: _upload(b"x" * (9 * 1024 * 1024), "huge.png"), {"style": "waves"}, 413),
+    ],
+    ids=["unknown-style", "no-style", "not-an-image", "empty", "no-file", "too-big"],
+)
+def test_stylize_bad_uploads_are_4xx(server, files, data, status):
+    base, _ = server
+    r = post(base, "/stylize", files=files(), data=data)
+    assert r.status_code == status, r.text
+    assert httpx.get(base + "/readyz", timeout=10).status_code == 200
