@@ -22,6 +22,7 @@ def test_defaults_and_flat_keys():
         "classifier",
         "evaluate",
         "promote",
+        "style",
         "tracking",
     }
 
