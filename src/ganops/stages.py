@@ -1,0 +1,358 @@
+"""The pipeline's stages as functions: read inputs, call the library, write outputs, log to MLflow.
+
+One function per DVC stage, shared by the `ganops` CLI (what dvc.yaml calls) and, later, the Prefect
+flows, so there is one implementation of each step. Paths hang off a project ``root`` (the cwd under DVC):
+stage ``prepare`` -> ``data/prepared/``, ``train_gan`` -> ``models/gan/`` + ``metrics/train_gan*``, ...
+Failures a user can fix raise :data:`USER_ERRORS`; their messages say what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganops.config import Params, ParamsError
+from ganops.data import DataError
+from ganops.evaluate import EvaluationError
+from ganops.models.style import StyleWeightsError
+from ganops.stylize import StyleError
+from ganops.tracking import TrackingError
+
+log = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """A stage's inputs are missing or stale; the message names what to run."""
+
+
+class Stopped(RuntimeError):
+    """Training was stopped on request after writing a checkpoint."""
+
+
+USER_ERRORS = (
+    StageError,
+    ParamsError,
+    DataError,
+    TrackingError,
+    EvaluationError,
+    StyleError,
+    StyleWeightsError,
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage reads and writes, under the project root."""
+
+    root: Path = Path(".")
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data/prepared"
+
+    @property
+    def gan(self) -> Path:
+        return self.root / "models/gan"
+
+    @property
+    def classifier(self) -> Path:
+        return self.root / "models/classifier"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def style_inputs(self) -> Path:
+        return self.root / "data/style"
+
+    @property
+    def stylized(self) -> Path:
+        return self.root / "data/stylized"
+
+    @property
+    def style_models(self) -> Path:
+        return self.root / "models/style"
+
+    @property
+    def sheet(self) -> Path:
+        return self.root / "data/stylized_sheet.png"
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _entry_point() -> str:
+    return "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("GANOPS_ENTRY_POINT", "cli")
+
+
+def _prepared(at: Layout, p: Params):  # noqa: ANN202 - (images, labels, manifest)
+    from ganops.data import load_prepared
+
+    images, labels, man = load_prepared(at.prepared)
+    if images.shape[-1] != p.data.image_size:
+        raise StageError(f"{at.prepared} holds {images.shape[-1]}px images but data.image_size is "
+                         f"{p.data.image_size}: run `ganops prepare` (or `dvc repro`) first")  # fmt: skip
+    return images, labels, man
+
+
+# ----------------------------------------------------------------------------- GAN stages
+
+
+def prepare(p: Params, at: Layout = Layout()) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Stage `prepare`; returns (manifest, skipped-file report)."""
+    from ganops.data import prepare as prepare_data
+    from ganops.data import save_prepared
+
+    d = prepare_data(p.data)
+    return save_prepared(d, at.prepared), d.skipped
+
+
+def train_gan(
+    p: Params,
+    at: Layout = Layout(),
+    *,
+    progress: bool = True,
+    should_stop: Callable[[int], bool] | None = None,
+) -> tuple[Any, str]:
+    """Stage `train_gan` (resumes a compatible checkpoint); returns (TrainResult, MLflow run id).
+
+    Raises:
+        Stopped: ``should_stop`` ended training early (a checkpoint was written).
+    """
+    from ganops.devices import resolve_device
+    from ganops.tracking import start_run
+    from ganops.train_gan import load_resumable, settings_for
+    from ganops.train_gan import train_gan as train
+
+    images, _, man = _prepared(at, p)
+    device = resolve_device(p.base.device)
+    seed, data_hash = p.base.seed, man["content_hash"]
+    settings = settings_for(images, p.gan, seed, data_hash)
+    prior = load_resumable(at.gan / "checkpoint.pt", settings) if p.gan.resume else None
+    log.info("training on %s: %d images, device %s", man["source"], man["count"], device)
+    t0 = time.perf_counter()
+    resume_id = (prior or {}).get("meta", {}).get("mlflow_run_id")
+    with start_run(p, entry_point=_entry_point(), data_hash=data_hash, resume_run_id=resume_id,
+                   root=at.root.resolve()) as run:  # fmt: skip
+        result = train(
+            images, p.gan, at.gan, seed=seed, device=device, data_hash=data_hash,
+            meta={"mlflow_run_id": run.run_id}, on_metrics=run.on_metrics, on_sample=run.on_sample,
+            should_stop=should_stop, progress=progress,
+        )  # fmt: skip
+        if not result.completed or result.export is None:
+            raise Stopped(
+                f"stopped at step {result.step}; checkpoint in {result.checkpoint}: run again to resume"
+            )
+        final = {k: v for k, v in result.history[-1].items() if k != "step"}
+        final |= {"steps": result.step, "train_seconds": round(time.perf_counter() - t0, 2)}
+        _write_json(at.metrics / "train_gan.json", final)
+        with open(at.metrics / "train_gan_losses.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"])
+            w.writeheader()
+            for row in result.history:
+                w.writerow({**row, "step": int(row["step"])})
+        run.log_metrics({"train_seconds": final["train_seconds"]})
+        run.log_artifacts(result.export, "checkpoint")
+    return result, run.run_id
+
+
+def classifier(p: Params, at: Layout = Layout(), *, progress: bool = True) -> Any:
+    """Stage `classifier`; returns the Classifier (also saved, with metrics/classifier.json)."""
+    from ganops.classifier import save_classifier, train_classifier
+    from ganops.devices import resolve_device
+
+    images, labels, man = _prepared(at, p)
+    c = train_classifier(images, labels, p.classifier, seed=p.base.seed, data_hash=man["content_hash"],
+                         device=resolve_device(p.base.device), progress=progress)  # fmt: skip
+    save_classifier(c, at.classifier)
+    _write_json(at.metrics / "classifier.json", {"extractor": c.extractor, **c.info})
+    return c
+
+
+def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
+    """Stage `evaluate`; returns the metrics (also metrics/evaluate.json and the training run)."""
+    from ganops.classifier import load_classifier, to_float
+    from ganops.devices import resolve_device
+    from ganops.evaluate import evaluate_samples, generate, inception_fid
+    from ganops.models.gan import load_generator
+    from ganops.tracking import log_to_run, require_run, use_store
+
+    export = at.gan / "final"
+    for needed, cmd in (
+        (export / "generator.pt", "ganops train-gan"),
+        (at.classifier / "config.json", "ganops classifier"),
+    ):
+        if not needed.is_file():
+            raise StageError(f"{needed} is missing: run `{cmd}` (or `dvc repro`) first")
+    images, labels, man = _prepared(at, p)
+    device = resolve_device(p.base.device)
+    use_store(at.root.resolve())
+    gen_config = json.loads((export / "config.json").read_text())
+    run_id = require_run(gen_config.get("meta", {}).get("mlflow_run_id"), str(export))
+    clf = load_classifier(at.classifier)
+    if clf.info.get("data_hash") != man["content_hash"]:
+        raise StageError(
+            f"{at.classifier} was trained on other data: run `ganops classifier` (or `dvc repro`) first"
+        )
+    if gen_config["settings"]["data_hash"] != man["content_hash"]:
+        raise StageError(
+            f"{export} was trained on other data than {at.prepared}: run `ganops train-gan` first"
+        )
+    G = load_generator(export, device=device)
+    n = p.evaluate.n_samples or len(images) // 2
+    fake = generate(G, n, seed=p.base.seed + 1, batch_size=p.evaluate.batch_size, device=device)
+    m = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed)
+    if p.evaluate.inception:
+        m["inception_fid"] = inception_fid(to_float(images), fake)
+    m |= {"dataset_hash": man["content_hash"], "run_id": run_id}
+    _write_json(at.metrics / "evaluate.json", m)
+    numbers = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
+    log_to_run(run_id, numbers, {"extractor": m["extractor"], "mode_collapse": m.get("mode_collapse", "n/a")})
+    return m
+
+
+def promote(p: Params, at: Layout = Layout()) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+    """Stage `promote`; returns (Decision, candidate facts, champion facts before the decision)."""
+    from ganops.promote import decide
+    from ganops.tracking import champion, log_to_run, register_generator, require_run, set_alias, use_store
+
+    path = at.metrics / "evaluate.json"
+    if not path.is_file():
+        raise StageError(f"{path} is missing: run `ganops evaluate` (or `dvc repro`) first")
+    m = json.loads(path.read_text())
+    name, alias = p.promote.model_name, p.promote.alias
+    use_store(at.root.resolve())
+    run_id = require_run(m.get("run_id"), str(path))
+    before = champion(name, alias)
+    cand = register_generator(run_id, name, m)
+    try:
+        decision = decide(cand, before, p.promote.metric)
+    except ValueError as err:
+        raise StageError(str(err)) from None
+    if decision.promote:
+        set_alias(name, alias, cand["version"])
+    log_to_run(run_id, {}, {"promote_decision": "promoted" if decision.promote else "kept champion",
+                            "promote_reason": decision.reason})  # fmt: skip
+    _write_json(at.metrics / "promote.json", decision.to_dict())
+    return decision, cand, before
+
+
+# ----------------------------------------------------------------------------- style stages
+
+
+def style_inputs(at: Layout = Layout()) -> dict[str, list[str]]:
+    """Stage `style_inputs`: the offline sample photos and textures under data/style/."""
+    from ganops.style_inputs import write_defaults
+
+    return write_defaults(at.style_inputs)
+
+
+def _style_files(style_dir: Path, blend: dict[str, float]) -> list[tuple[Path, float]]:
+    from ganops.stylize import list_images
+
+    files = {f.stem: f for f in list_images(style_dir)}
+    missing = [stem for stem in blend if stem not in files]
+    if missing:
+        raise StyleError(
+            f"style image(s) {missing} not in {style_dir}/ (it holds: {sorted(files) or 'nothing'})"
+        )
+    return [(files[stem], w) for stem, w in blend.items()]
+
+
+def stylize(
+    p: Params,
+    style: str,
+    at: Layout = Layout(),
+    *,
+    progress: bool = True,
+    echo: Callable[[str], None] = log.info,
+) -> list[Path]:
+    """Stage `stylize@<style>`: every content image, one MLflow run per pair; returns the outputs."""
+    from ganops.checkpoint import atomic_write
+    from ganops.models.style import build_vgg
+    from ganops.stylize import fast_stylize, gatys, list_images, load_image, save_image, train_fast
+    from ganops.tracking import register_folder, style_run
+
+    sp = p.style
+    if style not in sp.styles:
+        raise StageError(f"unknown style {style!r}; style.styles defines: {', '.join(sp.styles)}")
+    contents = list_images(at.root / sp.content_dir)
+    if not contents:
+        raise StyleError(f"no images in {sp.content_dir}/")
+    styles = [
+        (load_image(f, sp.max_side), w) for f, w in _style_files(at.root / sp.style_dir, sp.styles[style])
+    ]
+    content_imgs = [load_image(f, sp.max_side) for f in contents]
+    vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
+    log.info("feature extractor: %s", vgg.name)  # never hide the offline fallback
+    out, models = at.stylized / style, at.style_models / style
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(models, ignore_errors=True)
+    root = at.root.resolve()
+    net = None
+    if sp.method == "fast":
+        with style_run(p, style=style, content="(training)", extractor=vgg.name, root=root) as run:
+            net = train_fast(content_imgs, styles, vgg, sp, seed=p.base.seed, progress=progress,
+                             on_metrics=run.on_metrics)  # fmt: skip
+            atomic_write(models / "transformer.pt", net.state_dict())
+            atomic_write(models / "config.json", json.dumps({"method": "fast", "model": net.cfg.to_dict(), "style": style,
+                         "blend": sp.styles[style], "extractor": vgg.name}, indent=2))  # fmt: skip
+            run.log_artifacts(models, "checkpoint")
+            version = register_folder(run.run_id, "checkpoint", f"ganops-style-{style}", "champion",
+                                      {"style": style, "extractor": vgg.name})  # fmt: skip
+        echo(f"fast net for {style} -> {models}/ (registered ganops-style-{style} v{version})")
+    else:
+        atomic_write(models / "config.json", json.dumps({"method": "gatys", "style": style}, indent=2))
+    written = []
+    for path, img in zip(contents, content_imgs, strict=True):
+        with style_run(p, style=style, content=path.stem, extractor=vgg.name, root=root) as run:
+            t0 = time.perf_counter()
+            metrics: dict[str, float] = {}
+            if net is not None:
+                result = fast_stylize(net, img)
+            else:
+                r = gatys(img, styles, vgg, sp, seed=p.base.seed, progress=progress)
+                result = r.image
+                metrics = {f"final_{k}": v for k, v in r.losses.items()}
+                metrics |= {"start_total": r.start_total, "evaluations": float(r.evaluations)}
+            metrics["seconds"] = time.perf_counter() - t0
+            saved = save_image(result, out / f"{path.stem}.png")
+            run.log_metrics(metrics)
+            run.log_artifact(saved, "stylized")
+        written.append(saved)
+        loss = (
+            f" (loss {metrics['start_total']:.3g} -> {metrics['final_total']:.3g})"
+            if "final_total" in metrics
+            else ""
+        )
+        echo(
+            f"{style} x {path.name} -> {saved.relative_to(at.root) if saved.is_relative_to(at.root) else saved}{loss}"
+        )
+    return written
+
+
+def stylize_sheet(p: Params, at: Layout = Layout()) -> tuple[Path, int, int]:
+    """Stage `stylize_sheet`; returns (sheet path, contents, styles)."""
+    from ganops.stylize import contact_sheet, list_images, load_image, save_image
+
+    try:
+        contents = list_images(at.root / p.style.content_dir)
+        imgs = [load_image(f, 512) for f in contents]
+        rows = {
+            s: [load_image(at.stylized / s / f"{f.stem}.png", 512) for f in contents] for s in p.style.styles
+        }
+    except StyleError as err:
+        raise StageError(f"{err}: run `dvc repro` (or `ganops stylize --style ...`) first") from None
+    save_image(contact_sheet(imgs, rows), at.sheet)
+    return at.sheet, len(contents), len(rows)
