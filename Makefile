@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo serve bento browser test test-unit lint bench clean
+.PHONY: install demo serve bento browser prefect-server flows-serve train-flow style-flow test test-unit lint bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,24 @@ serve: $(STAMP)
 	$(BIN)/ganops champion
 	PATH="$(CURDIR)/$(BIN):$$PATH" bentoml serve serving.service:GanService --host 127.0.0.1 --port $(PORT)
 
+# Prefect: a local server (UI at http://127.0.0.1:4200), the deployments served from this folder, runs.
+PREFECT_PORT ?= 4200
+prefect-server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+flows-serve: $(STAMP)
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.serve
+
+# make train-flow OVERRIDES='["gan.steps=500"]' [DATA_REV=v1]
+OVERRIDES ?= []
+train-flow: $(STAMP)
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/prefect deployment run 'train-gan/local' \
+	  --param overrides='$(OVERRIDES)' $(if $(DATA_REV),--param data_rev=$(DATA_REV)) --watch
+
+style-flow: $(STAMP)
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/prefect deployment run 'style-transfer/local' \
+	  --param overrides='$(OVERRIDES)' --watch
+
 # A Bento (BentoML's deployable archive) of the service; the champion is loaded at start, not baked in.
 bento: $(STAMP)
 	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps -w dist .
@@ -54,12 +72,12 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench flows serving
+	$(BIN)/ruff format --check src tests bench flows serving
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 
 clean:
-	rm -rf data/prepared models/gan models/classifier metrics dvc_plots dist mlflow.db mlartifacts
+	rm -rf data/prepared models/gan models/classifier models/style data/style data/stylized data/stylized_sheet.png metrics dvc_plots dist .ganops mlflow.db mlartifacts

@@ -53,6 +53,11 @@ class Layout:
     """Where each stage reads and writes, under the project root."""
 
     root: Path = Path(".")
+    tracking_root: Path | None = None  # where mlflow.db lives by default (the project, even for a workspace)
+
+    @property
+    def tracking(self) -> Path:
+        return (self.tracking_root or self.root).resolve()
 
     @property
     def prepared(self) -> Path:
@@ -144,7 +149,7 @@ def train_gan(
     t0 = time.perf_counter()
     resume_id = (prior or {}).get("meta", {}).get("mlflow_run_id")
     with start_run(p, entry_point=_entry_point(), data_hash=data_hash, resume_run_id=resume_id,
-                   root=at.root.resolve()) as run:  # fmt: skip
+                   root=at.tracking) as run:  # fmt: skip
         result = train(
             images, p.gan, at.gan, seed=seed, device=device, data_hash=data_hash,
             meta={"mlflow_run_id": run.run_id}, on_metrics=run.on_metrics, on_sample=run.on_sample,
@@ -197,7 +202,7 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
             raise StageError(f"{needed} is missing: run `{cmd}` (or `dvc repro`) first")
     images, labels, man = _prepared(at, p)
     device = resolve_device(p.base.device)
-    use_store(at.root.resolve())
+    use_store(at.tracking)
     gen_config = json.loads((export / "config.json").read_text())
     run_id = require_run(gen_config.get("meta", {}).get("mlflow_run_id"), str(export))
     clf = load_classifier(at.classifier)
@@ -232,7 +237,7 @@ def promote(p: Params, at: Layout = Layout()) -> tuple[Any, dict[str, Any], dict
         raise StageError(f"{path} is missing: run `ganops evaluate` (or `dvc repro`) first")
     m = json.loads(path.read_text())
     name, alias = p.promote.model_name, p.promote.alias
-    use_store(at.root.resolve())
+    use_store(at.tracking)
     run_id = require_run(m.get("run_id"), str(path))
     before = champion(name, alias)
     cand = register_generator(run_id, name, m)
@@ -270,6 +275,85 @@ def _style_files(style_dir: Path, blend: dict[str, float]) -> list[tuple[Path, f
     return [(files[stem], w) for stem, w in blend.items()]
 
 
+@dataclass
+class StyleJob:
+    """What every pair of one style needs: images, the feature extractor, the fast net if any."""
+
+    style: str
+    contents: list[Path]
+    styles: list[tuple[Any, float]]  # [(image (1, 3, H, W), blend weight)]
+    vgg: Any
+    net: Any = None
+
+
+def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, progress: bool = True,
+                  echo: Callable[[str], None] = log.info) -> StyleJob:  # fmt: skip
+    """Validate and load one style's inputs, clear its outputs, train + register its fast net if asked."""
+    from ganops.checkpoint import atomic_write
+    from ganops.models.style import build_vgg
+    from ganops.stylize import list_images, load_image, train_fast
+    from ganops.tracking import register_folder, style_run
+
+    sp = p.style
+    if style not in sp.styles:
+        raise StageError(f"unknown style {style!r}; style.styles defines: {', '.join(sp.styles)}")
+    contents = list_images(at.root / sp.content_dir)
+    if not contents:
+        raise StyleError(f"no images in {sp.content_dir}/")
+    for f in contents:  # every photo must load before any work starts
+        load_image(f, sp.max_side)
+    styles = [
+        (load_image(f, sp.max_side), w) for f, w in _style_files(at.root / sp.style_dir, sp.styles[style])
+    ]
+    vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
+    log.info("feature extractor: %s", vgg.name)  # never hide the offline fallback
+    out, models = at.stylized / style, at.style_models / style
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(models, ignore_errors=True)
+    job = StyleJob(style, contents, styles, vgg)
+    if sp.method == "fast":
+        imgs = [load_image(f, sp.max_side) for f in contents]
+        with style_run(p, style=style, content="(training)", extractor=vgg.name, root=at.tracking) as run:
+            job.net = train_fast(
+                imgs, styles, vgg, sp, seed=p.base.seed, progress=progress, on_metrics=run.on_metrics
+            )
+            atomic_write(models / "transformer.pt", job.net.state_dict())
+            atomic_write(models / "config.json", json.dumps({"method": "fast", "model": job.net.cfg.to_dict(),
+                         "style": style, "blend": sp.styles[style], "extractor": vgg.name}, indent=2))  # fmt: skip
+            run.log_artifacts(models, "checkpoint")
+            version = register_folder(run.run_id, "checkpoint", f"ganops-style-{style}", "champion",
+                                      {"style": style, "extractor": vgg.name})  # fmt: skip
+        echo(f"fast net for {style} -> {models}/ (registered ganops-style-{style} v{version})")
+    else:
+        atomic_write(models / "config.json", json.dumps({"method": "gatys", "style": style}, indent=2))
+    return job
+
+
+def stylize_pair(
+    p: Params, job: StyleJob, content: Path, at: Layout = Layout(), *, progress: bool = False
+) -> tuple[Path, dict[str, float]]:
+    """One content x style pair in its own MLflow run; returns (output path, metrics)."""
+    from ganops.stylize import fast_stylize, gatys, load_image, save_image
+    from ganops.tracking import style_run
+
+    img = load_image(content, p.style.max_side)
+    with style_run(p, style=job.style, content=content.stem, extractor=job.vgg.name, root=at.tracking) as run:
+        t0 = time.perf_counter()
+        metrics: dict[str, float] = {}
+        if job.net is not None:
+            result = fast_stylize(job.net, img)
+        else:
+            r = gatys(img, job.styles, job.vgg, p.style, seed=p.base.seed, progress=progress)
+            result = r.image
+            metrics = {f"final_{k}": v for k, v in r.losses.items()}
+            metrics |= {"start_total": r.start_total, "evaluations": float(r.evaluations)}
+        metrics["seconds"] = time.perf_counter() - t0
+        saved = save_image(result, at.stylized / job.style / f"{content.stem}.png")
+        run.log_metrics(metrics)
+        run.log_artifact(saved, "stylized")
+    return saved, metrics
+
+
 def stylize(
     p: Params,
     style: str,
@@ -279,66 +363,13 @@ def stylize(
     echo: Callable[[str], None] = log.info,
 ) -> list[Path]:
     """Stage `stylize@<style>`: every content image, one MLflow run per pair; returns the outputs."""
-    from ganops.checkpoint import atomic_write
-    from ganops.models.style import build_vgg
-    from ganops.stylize import fast_stylize, gatys, list_images, load_image, save_image, train_fast
-    from ganops.tracking import register_folder, style_run
-
-    sp = p.style
-    if style not in sp.styles:
-        raise StageError(f"unknown style {style!r}; style.styles defines: {', '.join(sp.styles)}")
-    contents = list_images(at.root / sp.content_dir)
-    if not contents:
-        raise StyleError(f"no images in {sp.content_dir}/")
-    styles = [
-        (load_image(f, sp.max_side), w) for f, w in _style_files(at.root / sp.style_dir, sp.styles[style])
-    ]
-    content_imgs = [load_image(f, sp.max_side) for f in contents]
-    vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
-    log.info("feature extractor: %s", vgg.name)  # never hide the offline fallback
-    out, models = at.stylized / style, at.style_models / style
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(models, ignore_errors=True)
-    root = at.root.resolve()
-    net = None
-    if sp.method == "fast":
-        with style_run(p, style=style, content="(training)", extractor=vgg.name, root=root) as run:
-            net = train_fast(content_imgs, styles, vgg, sp, seed=p.base.seed, progress=progress,
-                             on_metrics=run.on_metrics)  # fmt: skip
-            atomic_write(models / "transformer.pt", net.state_dict())
-            atomic_write(models / "config.json", json.dumps({"method": "fast", "model": net.cfg.to_dict(), "style": style,
-                         "blend": sp.styles[style], "extractor": vgg.name}, indent=2))  # fmt: skip
-            run.log_artifacts(models, "checkpoint")
-            version = register_folder(run.run_id, "checkpoint", f"ganops-style-{style}", "champion",
-                                      {"style": style, "extractor": vgg.name})  # fmt: skip
-        echo(f"fast net for {style} -> {models}/ (registered ganops-style-{style} v{version})")
-    else:
-        atomic_write(models / "config.json", json.dumps({"method": "gatys", "style": style}, indent=2))
+    job = stylize_setup(p, style, at, progress=progress, echo=echo)
     written = []
-    for path, img in zip(contents, content_imgs, strict=True):
-        with style_run(p, style=style, content=path.stem, extractor=vgg.name, root=root) as run:
-            t0 = time.perf_counter()
-            metrics: dict[str, float] = {}
-            if net is not None:
-                result = fast_stylize(net, img)
-            else:
-                r = gatys(img, styles, vgg, sp, seed=p.base.seed, progress=progress)
-                result = r.image
-                metrics = {f"final_{k}": v for k, v in r.losses.items()}
-                metrics |= {"start_total": r.start_total, "evaluations": float(r.evaluations)}
-            metrics["seconds"] = time.perf_counter() - t0
-            saved = save_image(result, out / f"{path.stem}.png")
-            run.log_metrics(metrics)
-            run.log_artifact(saved, "stylized")
+    for content in job.contents:
+        saved, m = stylize_pair(p, job, content, at, progress=progress)
         written.append(saved)
-        loss = (
-            f" (loss {metrics['start_total']:.3g} -> {metrics['final_total']:.3g})"
-            if "final_total" in metrics
-            else ""
-        )
-        echo(
-            f"{style} x {path.name} -> {saved.relative_to(at.root) if saved.is_relative_to(at.root) else saved}{loss}"
-        )
+        loss = f" (loss {m['start_total']:.3g} -> {m['final_total']:.3g})" if "final_total" in m else ""
+        echo(f"{style} x {content.name} -> {saved}{loss}")
     return written
 
 

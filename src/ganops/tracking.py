@@ -178,6 +178,8 @@ def start_run(
         }
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+        if os.environ.get("GANOPS_FLOW_RUN_ID"):
+            tags["prefect_flow_run_id"] = os.environ["GANOPS_FLOW_RUN_ID"]
         mlflow.set_tags(tags)
         yield RunLogger(run.info.run_id)
 
@@ -323,8 +325,11 @@ def style_run(
     exp_id = _experiment_id(f"{params.tracking.experiment}-stylize", root)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{style}/{content}") as run:
         mlflow.log_params({k: v for k, v in params.flat().items() if k.startswith(("style.", "base."))})
+        if os.environ.get("GANOPS_FLOW_RUN_ID"):
+            mlflow.set_tag("prefect_flow_run_id", os.environ["GANOPS_FLOW_RUN_ID"])
         mlflow.set_tags({"style": style, "content": content, "extractor": extractor,
-                         "git_commit": git_commit(root), "entry_point": "dvc" if os.environ.get("DVC_STAGE") else "cli"})  # fmt: skip
+                         "git_commit": git_commit(root),
+                         "entry_point": "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("GANOPS_ENTRY_POINT", "cli")})  # fmt: skip
         yield RunLogger(run.info.run_id)
 
 

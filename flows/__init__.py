@@ -1,0 +1,1 @@
+"""Prefect flows: thin wrappers whose tasks call ganops.stages (the same functions DVC runs)."""
