@@ -126,6 +126,8 @@ def test_deployment_run_trains_logs_and_promotes(project):
     assert (
         d / ".ganops/flow-runs" / run.data.tags["prefect_flow_run_id"] / "models/gan/final/samples.png"
     ).is_file()
+    report = sh(["prefect", "artifact", "inspect", "train-gan-report"], d, env | {"COLUMNS": "250"}).stdout
+    assert "Promotion" in report and run.info.run_id in report  # the markdown report, linking the MLflow run
 
 
 def test_older_data_rev_trains_on_that_version(project):
