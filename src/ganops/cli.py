@@ -219,6 +219,10 @@ def summary() -> None:
         lines.append(
             f"  promotion   {METRICS / 'promote.json'}  ({'promoted' if d['promote'] else 'kept champion'}: {d['reason']})"
         )
+    if Path("data/stylized_sheet.png").is_file():
+        lines.append(
+            "  stylized    data/stylized_sheet.png  (contact sheet; images in data/stylized/<style>/)"
+        )
     if (METRICS / "train_gan.json").is_file():
         m = json.loads((METRICS / "train_gan.json").read_text())
         lines.append(f"  metrics     {METRICS / 'train_gan.json'}  (loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}, "

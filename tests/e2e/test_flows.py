@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,26 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
+from tests.e2e.project import new_project, project_env, sh
 from tests.e2e.servers import free_port, stop, wait_http
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 TINY = ["gan.steps=4", "gan.batch_size=8", "gan.ngf=4", "gan.ndf=4", "gan.latent_dim=8", "gan.sample_every=4",
         "gan.checkpoint_every=4", "data.image_size=16", "classifier.epochs=1", "evaluate.kid_subset_size=8"]  # fmt: skip
-
-
-def sh(
-    cmd: list[str], cwd: Path, env: dict, check: bool = True, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 def _pictures(folder: Path, n: int, shade: int) -> None:
@@ -44,24 +32,11 @@ def _pictures(folder: Path, n: int, shade: int) -> None:
 def project(tmp_path_factory):
     """A git + DVC repo with a folder dataset at two revisions (v1 dark pictures, then v2 bright)."""
     d = tmp_path_factory.mktemp("flowproj")
-    for rel in ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "data/.gitignore",
-                "models/.gitignore"]:  # fmt: skip
-        (d / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / rel, d / rel)
-    shutil.copytree(ROOT / "flows", d / "flows", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((d / "params.yaml").read_text())
-    params["data"] |= {"source": "folder", "root": "data/raw/own"}
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     tmp = d / ".home"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_", "PREFECT_"))
-    }
-    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "PREFECT_HOME": str(tmp / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}  # fmt: skip
-    sh(["git", "init", "-q", "-b", "main"], d, env)
-    sh(["dvc", "init", "-q"], d, env)
+    env = project_env(PREFECT_HOME=str(tmp / "prefect"))
+    new_project(
+        d, env, lambda params: params["data"].update(source="folder", root="data/raw/own"), copy=("flows",)
+    )
     _pictures(d / "data/raw/own", 24, 20)
     sh(["dvc", "add", "data/raw/own"], d, env)
     sh(["git", "add", "-A"], d, env)

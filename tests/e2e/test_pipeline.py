@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
+
+from tests.e2e.project import new_project, project_env, sh
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 TINY = {
     "data": {"image_size": 16, "limit": 96},
     "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
@@ -29,35 +25,17 @@ TINY = {
 }  # fmt: skip
 
 
-def sh(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A fresh git + DVC repo holding the project's pipeline files, with tiny params, committed."""
     d = tmp_path_factory.mktemp("project")
-    for rel in ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "data/.gitignore",
-                "models/.gitignore"]:  # fmt: skip
-        (d / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / rel, d / rel)
-    shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((d / "params.yaml").read_text())
-    for group, values in TINY.items():
-        params[group].update(values)
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_"))}
-    env |= {
-        "PATH": f"{BIN}{os.pathsep}{env['PATH']}",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-    }  # fmt: skip
-    sh(["git", "init", "-q", "-b", "main"], d, env)
-    sh(["dvc", "init", "-q"], d, env)
+    env = project_env()
+
+    def tiny(params: dict) -> None:
+        for group, values in TINY.items():
+            params[group].update(values)
+
+    new_project(d, env, tiny, copy=("src",))
     sh(["git", "add", "-A"], d, env)
     sh(["git", "commit", "-qm", "project"], d, env)
     return d, env

@@ -1,0 +1,55 @@
+"""A temp copy of the project as a fresh git + DVC repo, for tests that run the real pipeline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "data/.gitignore",
+                  "models/.gitignore"]  # fmt: skip
+
+
+def sh(
+    cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run a command as a user would; on failure show its output."""
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def project_env(**extra: str) -> dict[str, str]:
+    """This venv first on PATH, offline switches, a git identity; no inherited MLflow/DVC/Prefect pointers."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_", "PREFECT_"))
+    }
+    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}  # fmt: skip
+    return env | extra
+
+
+def new_project(
+    d: Path, env: dict[str, str], edit_params: Callable[[dict], None], copy: tuple[str, ...] = ()
+) -> None:
+    """Copy the pipeline files (and the ``copy`` folders) into ``d``, edit params, ``git init`` + ``dvc init``."""
+    for rel in PIPELINE_FILES:
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, d / rel)
+    for rel in copy:
+        shutil.copytree(ROOT / rel, d / rel, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    edit_params(params)
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], d, env)
+    sh(["dvc", "init", "-q"], d, env)
