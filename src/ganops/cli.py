@@ -17,10 +17,7 @@ import typer
 from ganops import stages
 from ganops.config import Params, ParamsError, load_params
 
-PREPARED = Path("data/prepared")
-GAN_OUT = Path("models/gan")
-METRICS = Path("metrics")
-CLASSIFIER_OUT = Path("models/classifier")
+AT = stages.Layout()  # the project's paths, relative to the cwd (as under DVC)
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -93,10 +90,10 @@ def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
     man, skipped = _run(lambda: stages.prepare(p))
     typer.echo(
         f"prepared {man['count']} images ({man['channels']}x{man['image_size']}x{man['image_size']}, "
-        f"source {man['source']}, {len(man['classes']) or 'no'} classes) -> {PREPARED}/"
+        f"source {man['source']}, {len(man['classes']) or 'no'} classes) -> {AT.prepared}/"
     )
     if skipped:
-        typer.echo(f"skipped {len(skipped)} file(s); reasons in {PREPARED / 'report.json'}:")
+        typer.echo(f"skipped {len(skipped)} file(s); reasons in {AT.prepared / 'report.json'}:")
         for row in skipped[:10]:
             typer.echo(f"  {row['file']}: {row['reason']}")
         if len(skipped) > 10:
@@ -123,7 +120,7 @@ def classifier(
     p = _params(params, set_)
     c = _run(lambda: stages.classifier(p, progress=progress))
     acc = c.info.get("holdout_accuracy")
-    typer.echo(f"{c.extractor} -> {CLASSIFIER_OUT}/" + (f" (held-out accuracy {acc:.3f})" if acc is not None else
+    typer.echo(f"{c.extractor} -> {AT.classifier}/" + (f" (held-out accuracy {acc:.3f})" if acc is not None else
                " (unlabelled data: untrained random-feature extractor)"))  # fmt: skip
 
 
@@ -198,34 +195,34 @@ def summary() -> None:
     """Print where the pipeline's results are and how to look at them."""
     from ganops.tracking import tracking_uri
 
-    grid = GAN_OUT / "final" / "samples.png"
+    grid = AT.gan / "final" / "samples.png"
     lines = ["", "ganops results:"]
-    if (PREPARED / "manifest.json").is_file():
-        man = json.loads((PREPARED / "manifest.json").read_text())
+    if (AT.prepared / "manifest.json").is_file():
+        man = json.loads((AT.prepared / "manifest.json").read_text())
         lines.append(
-            f"  data        {PREPARED}/  ({man['count']} images from {man['source']}, hash {man['content_hash'][:12]})"
+            f"  data        {AT.prepared}/  ({man['count']} images from {man['source']}, hash {man['content_hash'][:12]})"
         )
     if grid.is_file():
-        lines.append(f"  samples     {grid}  (grids per step in {GAN_OUT / 'samples'}/)")
-        lines.append(f"  generator   {GAN_OUT / 'final'}/  (weights + config.json)")
-    if (METRICS / "evaluate.json").is_file():
+        lines.append(f"  samples     {grid}  (grids per step in {AT.gan / 'samples'}/)")
+        lines.append(f"  generator   {AT.gan / 'final'}/  (weights + config.json)")
+    if (AT.metrics / "evaluate.json").is_file():
         from ganops.evaluate import summary_line
 
         lines.append(
-            f"  quality     {METRICS / 'evaluate.json'}  ({summary_line(json.loads((METRICS / 'evaluate.json').read_text()))})"
+            f"  quality     {AT.metrics / 'evaluate.json'}  ({summary_line(json.loads((AT.metrics / 'evaluate.json').read_text()))})"
         )
-    if (METRICS / "promote.json").is_file():
-        d = json.loads((METRICS / "promote.json").read_text())
+    if (AT.metrics / "promote.json").is_file():
+        d = json.loads((AT.metrics / "promote.json").read_text())
         lines.append(
-            f"  promotion   {METRICS / 'promote.json'}  ({'promoted' if d['promote'] else 'kept champion'}: {d['reason']})"
+            f"  promotion   {AT.metrics / 'promote.json'}  ({'promoted' if d['promote'] else 'kept champion'}: {d['reason']})"
         )
-    if Path("data/stylized_sheet.png").is_file():
+    if AT.sheet.is_file():
         lines.append(
             "  stylized    data/stylized_sheet.png  (contact sheet; images in data/stylized/<style>/)"
         )
-    if (METRICS / "train_gan.json").is_file():
-        m = json.loads((METRICS / "train_gan.json").read_text())
-        lines.append(f"  metrics     {METRICS / 'train_gan.json'}  (loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}, "
+    if (AT.metrics / "train_gan.json").is_file():
+        m = json.loads((AT.metrics / "train_gan.json").read_text())
+        lines.append(f"  metrics     {AT.metrics / 'train_gan.json'}  (loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}, "
                      f"{m['steps']} steps in {m['train_seconds']:.0f} s)")  # fmt: skip
     lines += [
         "",
