@@ -1,4 +1,4 @@
-"""Flow `train-gan`: prepare -> train_gan -> classifier -> evaluate -> promote, as Prefect tasks.
+"""Flow `train-gan`: prepare -> classifier -> train_gan -> evaluate -> promote, as Prefect tasks.
 
     prefect deployment run 'train-gan/local' --param overrides='["gan.steps=500"]' --param data_rev=v1 --watch
 
@@ -97,8 +97,8 @@ def train_gan_flow(
     os.environ["GANOPS_FLOW_RUN_ID"] = run_id
     at = stages.Layout(root=work, tracking_root=ROOT)
     man = prepare(params, at)
+    classifier(params, at)  # before training: the in-training monitor scores with it
     mlflow_run = train_gan(params, at)
-    classifier(params, at)
     metrics = evaluate(params, at)
     decision = promote(params, at)
     _report(man, metrics, decision, mlflow_run, at)

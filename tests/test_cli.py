@@ -14,6 +14,7 @@ TINY = [
     "-S", "data.image_size=16", "-S", "data.limit=64",
     "-S", "gan.steps=4", "-S", "gan.batch_size=16", "-S", "gan.ngf=4", "-S", "gan.ndf=4",
     "-S", "gan.latent_dim=8", "-S", "gan.sample_every=2", "-S", "gan.checkpoint_every=2", "-S", "gan.log_every=1",
+    "-S", "gan.monitor_every=0",
 ]  # fmt: skip
 
 
@@ -36,13 +37,19 @@ def test_prepare_then_train_then_summary(project, isolated_tracking):
     r = runner.invoke(app, ["prepare", *TINY])
     assert r.exit_code == 0, r.output
     assert "prepared 64 images (1x16x16, source digits, 10 classes)" in r.output
-    r = runner.invoke(app, ["train-gan", "--no-progress", *TINY])
+    r = runner.invoke(app, ["train-gan", "--no-progress", *TINY, "-S", "gan.monitor_every=2"])
+    assert r.exit_code == 2 and "gan.monitor_every needs the domain classifier" in r.output  # nothing trained
+    assert not (project / "models/gan").exists()
+    assert runner.invoke(app, ["classifier", "--no-progress", *TINY, "-S", "classifier.epochs=1"]).exit_code == 0
+    r = runner.invoke(app, ["train-gan", "--no-progress", *TINY, "-S", "gan.monitor_every=2"])
     assert r.exit_code == 0, r.output
+    assert (project / "models/gan/best/generator.pt").is_file()
     assert (project / "models/gan/final/samples.png").is_file()
     m = json.loads((project / "metrics/train_gan.json").read_text())
-    assert m["steps"] == 4 and set(m) >= {"loss_d", "loss_g", "d_real", "d_fake", "img_per_s"}
+    assert m["steps"] == 4 and set(m) >= {"loss_d", "loss_g", "d_real", "d_fake", "img_per_s", "d_skipped",
+                                          "nan_rollbacks", "monitor_domain_fid", "monitor_kl", "best_step"}  # fmt: skip
     lines = (project / "metrics/train_gan_losses.csv").read_text().splitlines()
-    assert lines[0] == "step,loss_d,loss_g,d_real,d_fake,img_per_s" and len(lines) == 5
+    assert lines[0] == "step,loss_d,loss_g,d_real,d_fake,img_per_s,d_skipped" and len(lines) == 5
     runs = MlflowClient(isolated_tracking).search_runs(
         [e.experiment_id for e in MlflowClient(isolated_tracking).search_experiments()]
     )

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 from ganops.checkpoint import load_checkpoint
 from ganops.config import GanParams
 from ganops.models.gan import load_generator
-from ganops.train_gan import train_gan
+from ganops.train_gan import TrainingDiverged, train_gan
 
 
 def tiny(**kw) -> GanParams:
@@ -58,7 +59,7 @@ def test_outputs_callbacks_and_export(images, tmp_path):
     )  # fmt: skip
     assert r.completed and r.step == 4 and r.resumed_from == 0
     assert [s for s, _ in seen] == [1, 2, 3, 4]
-    assert set(seen[0][1]) == {"loss_d", "loss_g", "d_real", "d_fake", "img_per_s"}
+    assert set(seen[0][1]) == {"loss_d", "loss_g", "d_real", "d_fake", "img_per_s", "d_skipped"}
     assert all(0 <= m["d_real"] <= 1 and m["img_per_s"] > 0 for _, m in seen)
     assert [s for s, _ in grids] == [2, 4] and all(p.is_file() for _, p in grids)
     assert sorted(p.name for p in (tmp_path / "final").iterdir()) == [
@@ -116,3 +117,129 @@ def test_batch_larger_than_dataset_is_a_clear_error(images, tmp_path):
 def test_rank_one_writes_nothing(images, tmp_path):
     r = train_gan(images, tiny(), tmp_path, progress=False, rank=1, world_size=2)
     assert r.step == 4 and not r.checkpoint.exists() and r.export is None and r.history == []
+
+
+STABILISERS = {
+    "hinge": {"loss": "hinge"},
+    "r1": {"r1_gamma": 1.0, "r1_every": 2},
+    "spectral_norm": {"spectral_norm": True},
+    "mbstd": {"mbstd": True},
+    "diffaugment": {"diffaugment": ["color", "translation", "cutout"]},
+    "d_steps": {"d_steps": 2},
+    "msg": {"arch": "msg"},
+    "ema": {"ema_decay": 0.9},
+    "all": {"loss": "hinge", "r1_gamma": 0.5, "spectral_norm": True, "mbstd": True, "arch": "msg",
+            "diffaugment": ["translation"], "ema_decay": 0.9},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STABILISERS))
+def test_each_stabiliser_trains_and_resumes_exactly(name, images, tmp_path):
+    kw = STABILISERS[name]
+    full = train_gan(images, tiny(steps=6, checkpoint_every=3, **kw), tmp_path / "full", progress=False)
+    assert full.completed and all(
+        math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in full.history
+    )
+    G = load_generator(full.export)
+    assert G(torch.randn(2, 8)).shape == (2, 1, 16, 16) and G.cfg.arch == kw.get("arch", "dcgan")
+    # RNG for noise and augmentation is part of the checkpoint: stop at 3 + resume == uninterrupted
+    train_gan(images, tiny(steps=3, checkpoint_every=3, **kw), tmp_path / "split", progress=False)
+    resumed = train_gan(images, tiny(steps=6, checkpoint_every=3, **kw), tmp_path / "split", progress=False)
+    assert resumed.resumed_from == 3
+    a, b = _weights(full.checkpoint), _weights(resumed.checkpoint)
+    for k in a["G"]:
+        assert torch.equal(a["G"][k], b["G"][k]), k
+
+
+def test_settings_name_every_stabiliser(images, tmp_path):
+    train_gan(images, tiny(), tmp_path, progress=False)
+    # each stabiliser changes the weights, so none may resume a checkpoint built without it
+    for kw in STABILISERS.values():
+        assert train_gan(images, tiny(**kw), tmp_path, progress=False).resumed_from == 0
+
+
+def test_ema_weights_are_exported_for_serving_and_differ_from_raw(images, tmp_path):
+    r = train_gan(images, tiny(steps=6, ema_decay=0.9), tmp_path, progress=False)
+    final = r.export
+    ema = torch.load(final / "generator.pt", weights_only=True)
+    raw = torch.load(final / "generator_raw.pt", weights_only=True)
+    differs = [k for k in ema if ema[k].is_floating_point() and not torch.equal(ema[k], raw[k])]
+    assert differs and json.loads((final / "config.json").read_text())["ema"] is True
+    # the EMA is an average of the raw trajectory: it lags behind the raw weights, not beyond them
+    state = _weights(r.checkpoint)
+    assert all(torch.equal(state["G_ema"][k], ema[k]) for k in ema)
+    G = load_generator(final)  # what evaluate, promote and serving load
+    assert torch.equal(G.state_dict()["main.0.weight"], ema["main.0.weight"])
+
+
+def test_d_skip_counts_skipped_updates(images, tmp_path):
+    seen = []
+    # a threshold no loss is under: nothing skipped; one every loss is under: every D update skipped
+    r = train_gan(images, tiny(d_skip_below=1e-9), tmp_path / "a", progress=False)
+    assert r.counters["d_skipped"] == 0
+    r = train_gan(images, tiny(d_skip_below=100.0, d_steps=2), tmp_path / "b", progress=False,
+                  on_metrics=lambda s, m: seen.append(m))  # fmt: skip
+    assert r.counters["d_skipped"] == 8 and seen[-1]["d_skipped"] == 8
+    from ganops.models.gan import GANConfig, build
+
+    torch.manual_seed(0)
+    _, D0 = build(GANConfig(image_size=16, channels=1, latent_dim=8, ngf=4, ndf=4))
+    D = _weights(r.checkpoint)["D"]
+    assert all(
+        torch.equal(v, D[k]) for k, v in D0.state_dict().items() if k.endswith("weight")
+    )  # D never moved
+
+
+def test_injected_nan_is_rolled_back_and_training_continues(images, tmp_path, caplog):
+    seen = []
+
+    def poison(step, G, D):
+        if step == 5 and not poisoned:
+            poisoned.append(step)
+            with torch.no_grad():
+                next(G.parameters()).fill_(float("nan"))
+
+    poisoned: list[int] = []
+    r = train_gan(images, tiny(steps=8, checkpoint_every=4, lr_g=1e-3, lr_d=2e-3), tmp_path, progress=False,
+                  after_step=poison, on_metrics=lambda s, m: seen.append((s, m)))  # fmt: skip
+    assert r.completed and r.step == 8 and r.counters["nan_rollbacks"] == 1
+    assert "rolled back to step 4" in caplog.text
+    rollback = [(s, m) for s, m in seen if "nan_rollbacks" in m]
+    assert rollback == [(4, {"nan_rollbacks": 1.0, "lr_g": 5e-4, "lr_d": 1e-3})]
+    state = _weights(r.checkpoint)
+    assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
+    assert state["opt_g"]["param_groups"][0]["lr"] == 5e-4  # the lowered rate is kept (and resumed)
+    assert [row["step"] for row in r.history] == [1, 2, 3, 4, 5, 6, 7, 8]  # rows after step 4 rewritten
+
+
+def test_nan_every_time_gives_up_with_advice(images, tmp_path):
+    def poison(step, G, D):
+        with torch.no_grad():
+            next(G.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="after 2 rollback"):
+        train_gan(images, tiny(steps=8, nan_max_rollbacks=2), tmp_path, progress=False, after_step=poison)
+
+
+def test_monitor_reports_and_keeps_the_best_export(images, tmp_path):
+    scores = iter([3.0, 1.0, 2.0])
+    calls = []
+
+    def monitor(G):
+        calls.append(G.training)
+        return {"domain_fid": next(scores), "kl": 0.5, "coverage": 1, "mode_collapse": True}
+
+    seen = []
+    r = train_gan(images, tiny(steps=6, monitor_every=2, ema_decay=0.9), tmp_path, progress=False,
+                  monitor=monitor, on_metrics=lambda s, m: seen.append((s, m)))  # fmt: skip
+    assert calls == [False, False, False]  # scored in eval mode
+    assert [m["step"] for m in r.monitor] == [2, 4, 6]
+    assert [(s, m["monitor_domain_fid"]) for s, m in seen if "monitor_domain_fid" in m] == [
+        (2, 3.0),
+        (4, 1.0),
+        (6, 2.0),
+    ]
+    best = json.loads((r.best / "config.json").read_text())
+    assert best["step"] == 4 and best["monitor"]["domain_fid"] == 1.0 and best["ema"] is True
+    assert (r.best / "generator.pt").is_file() and load_generator(r.best)
+    assert json.loads((r.export / "config.json").read_text())["step"] == 6  # the last, besides the best

@@ -72,6 +72,22 @@ class GanParams(_Group):
     log_every: int = Field(10, ge=1)
     n_samples: int = Field(64, ge=1, le=1024)
     resume: bool = True
+    # Stabilisers. The code defaults are the lesson's plain DCGAN; params.yaml holds the chosen default.
+    arch: Literal["dcgan", "msg"] = "dcgan"
+    loss: Literal["bce", "hinge"] = "bce"
+    spectral_norm: bool = False
+    mbstd: bool = False
+    diffaugment: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
+    r1_gamma: float = Field(0.0, ge=0)
+    r1_every: int = Field(4, ge=1)
+    d_steps: int = Field(1, ge=1, le=10)
+    d_skip_below: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    monitor_every: int = Field(0, ge=0)
+    monitor_samples: int = Field(500, ge=10)
+    best_metric: Literal["domain_fid", "kl"] = "domain_fid"
+    nan_max_rollbacks: int = Field(3, ge=0)
+    nan_lr_factor: float = Field(0.5, gt=0, lt=1)
 
 
 class ClassifierParams(_Group):
@@ -90,6 +106,7 @@ class EvaluateParams(_Group):
     kl_threshold: float = Field(0.1, gt=0)
     kid_subset_size: int = Field(500, ge=2)
     inception: bool = False
+    export: Literal["final", "best"] = "final"
 
 
 PromoteMetric = Literal["domain_fid", "domain_kid", "kl"]

@@ -135,6 +135,49 @@ def evaluate_samples(
     return m
 
 
+def frechet(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians (mean, covariance), as FID: |mu1-mu2|^2 + tr(s1 + s2 - 2 (s1 s2)^1/2)."""
+    eig = torch.linalg.eigvals(s1.double() @ s2.double()).sqrt().real.sum()
+    return float((mu1 - mu2).double().pow(2).sum() + s1.double().trace() + s2.double().trace() - 2 * eig)
+
+
+def _gauss(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    f = f.double()
+    return f.mean(0), torch.cov(f.T)
+
+
+class Monitor:
+    """A cheap quality check to run during training: ``n`` samples, scored like ``evaluate`` does.
+
+    Real statistics (class histogram, feature mean/covariance) are computed once; each call generates ``n``
+    samples with fixed noise and returns domain_fid (in the classifier's feature space; with few samples it
+    reads higher than the evaluate stage's, compare it only with itself), and on labelled data coverage, kl,
+    confident_frac and mode_collapse (coverage < K or KL > ``p.kl_threshold``).
+    """
+
+    def __init__(self, real: torch.Tensor, labels: torch.Tensor, clf: Classifier, p: EvaluateParams, *,
+                 n: int = 500, seed: int = 0, device: str | torch.device = "cpu"):  # fmt: skip
+        self.clf, self.p, self.n, self.seed, self.device = clf, p, n, seed, device
+        self.ext = FeatureExtractor(clf.net)
+        with torch.no_grad():
+            feats = torch.cat([self.ext(to_float(c)) for c in real.split(p.batch_size)])
+        self.mu, self.sigma = _gauss(feats)
+        K = clf.net.cfg.n_classes
+        self.real_hist = torch.bincount(labels[labels >= 0], minlength=K) if clf.trained else None
+
+    @torch.no_grad()
+    def __call__(self, G: torch.nn.Module) -> dict[str, Any]:
+        fake = generate(G, self.n, seed=self.seed, batch_size=self.p.batch_size, device=self.device)  # type: ignore[arg-type]
+        mu, sigma = _gauss(torch.cat([self.ext(c) for c in fake.split(self.p.batch_size)]))
+        m: dict[str, Any] = {"domain_fid": frechet(self.mu, self.sigma, mu, sigma)}
+        if self.real_hist is not None:
+            m |= class_stats(
+                _probs(self.clf.net, fake, self.p.batch_size), self.real_hist, self.p.coverage_min_frac
+            )
+            m["mode_collapse"] = bool(m["coverage"] < len(self.real_hist) or m["kl"] > self.p.kl_threshold)
+        return m
+
+
 def inception_weights_path() -> Path:
     """Where torch.hub keeps the InceptionV3 FID weights: ``$TORCH_HOME/hub/checkpoints/<file>``."""
     home = Path(

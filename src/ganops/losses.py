@@ -23,6 +23,30 @@ def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
+def d_loss_hinge(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge discriminator loss (Lim & Ye 2017; SN-GAN, BigGAN): mean relu(1 - D(x)) + mean relu(1 + D(G(z)))."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def g_loss_hinge(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge generator loss: -mean D(G(z))."""
+    return -fake_logits.mean()
+
+
+D_LOSSES = {"bce": d_loss_bce, "hinge": d_loss_hinge}
+G_LOSSES = {"bce": g_loss_nonsaturating, "hinge": g_loss_hinge}
+
+
+def r1_penalty(real_logits: torch.Tensor, real_inputs: list[torch.Tensor]) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean over the batch of ||grad_x D(x)||^2 at real x (all scales summed).
+
+    ``real_inputs`` must have ``requires_grad`` and be what produced ``real_logits``; the graph is kept
+    (create_graph) so the penalty trains D. Multiply by gamma / 2 at the call site.
+    """
+    grads = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)
+    return torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).mean()
+
+
 # ----------------------------------------------------------------------------- style transfer
 
 

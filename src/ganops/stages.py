@@ -140,11 +140,12 @@ def train_gan(
     from ganops.train_gan import load_resumable, settings_for
     from ganops.train_gan import train_gan as train
 
-    images, _, man = _prepared(at, p)
+    images, labels, man = _prepared(at, p)
     device = resolve_device(p.base.device)
     seed, data_hash = p.base.seed, man["content_hash"]
     settings = settings_for(images, p.gan, seed, data_hash)
     prior = load_resumable(at.gan / "checkpoint.pt", settings) if p.gan.resume else None
+    monitor = _monitor(p, at, images, labels, data_hash, device) if p.gan.monitor_every else None
     log.info("training on %s: %d images, device %s", man["source"], man["count"], device)
     t0 = time.perf_counter()
     resume_id = (prior or {}).get("meta", {}).get("mlflow_run_id")
@@ -153,23 +154,52 @@ def train_gan(
         result = train(
             images, p.gan, at.gan, seed=seed, device=device, data_hash=data_hash,
             meta={"mlflow_run_id": run.run_id}, on_metrics=run.on_metrics, on_sample=run.on_sample,
-            should_stop=should_stop, progress=progress,
+            should_stop=should_stop, monitor=monitor, progress=progress,
         )  # fmt: skip
         if not result.completed or result.export is None:
             raise Stopped(
                 f"stopped at step {result.step}; checkpoint in {result.checkpoint}: run again to resume"
             )
-        final = {k: v for k, v in result.history[-1].items() if k != "step"}
-        final |= {"steps": result.step, "train_seconds": round(time.perf_counter() - t0, 2)}
+        final: dict[str, Any] = {k: v for k, v in result.history[-1].items() if k != "step"}
+        final |= {
+            "steps": result.step,
+            "train_seconds": round(time.perf_counter() - t0, 2),
+            **result.counters,
+        }
+        if result.monitor:
+            last = result.monitor[-1]
+            final |= {
+                f"monitor_{k}": v for k, v in last.items() if k != "step" and isinstance(v, int | float)
+            }
+            best = json.loads((result.best / "config.json").read_text()) if result.best else {}
+            final |= {"best_step": best.get("step", 0), "best_metric": p.gan.best_metric}
         _write_json(at.metrics / "train_gan.json", final)
         with open(at.metrics / "train_gan_losses.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"])
+            w = csv.DictWriter(f, fieldnames=list(result.history[0]))
             w.writeheader()
             for row in result.history:
                 w.writerow({**row, "step": int(row["step"])})
         run.log_metrics({"train_seconds": final["train_seconds"]})
         run.log_artifacts(result.export, "checkpoint")
+        if result.best is not None:
+            run.log_artifacts(result.best, "checkpoint_best")
     return result, run.run_id
+
+
+def _monitor(p: Params, at: Layout, images: Any, labels: Any, data_hash: str, device: Any) -> Any:
+    """The in-training quality monitor, on the domain classifier of this data."""
+    from ganops.classifier import load_classifier
+    from ganops.evaluate import Monitor
+
+    if not (at.classifier / "config.json").is_file():
+        raise StageError("gan.monitor_every needs the domain classifier: run `ganops classifier` first "
+                         "(dvc repro runs it before train_gan), or set gan.monitor_every: 0")  # fmt: skip
+    clf = load_classifier(at.classifier)
+    if clf.info.get("data_hash") != data_hash:
+        raise StageError(f"{at.classifier} was trained on other data: run `ganops classifier` first")
+    return Monitor(
+        images, labels, clf, p.evaluate, n=p.gan.monitor_samples, seed=p.base.seed + 7, device=device
+    )
 
 
 def classifier(p: Params, at: Layout = Layout(), *, progress: bool = True) -> Any:
@@ -193,9 +223,12 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     from ganops.models.gan import load_generator
     from ganops.tracking import log_to_run, require_run, use_store
 
-    export = at.gan / "final"
+    export = at.gan / p.evaluate.export
     for needed, cmd in (
-        (export / "generator.pt", "ganops train-gan"),
+        (
+            export / "generator.pt",
+            "ganops train-gan" + (" with gan.monitor_every > 0" if p.evaluate.export == "best" else ""),
+        ),
         (at.classifier / "config.json", "ganops classifier"),
     ):
         if not needed.is_file():
@@ -220,7 +253,8 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     m = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed)
     if p.evaluate.inception:
         m["inception_fid"] = inception_fid(to_float(images), fake)
-    m |= {"dataset_hash": man["content_hash"], "run_id": run_id}
+    m |= {"dataset_hash": man["content_hash"], "run_id": run_id, "export": p.evaluate.export,
+          "step": gen_config.get("step"), "ema": gen_config.get("ema", False)}  # fmt: skip
     _write_json(at.metrics / "evaluate.json", m)
     numbers = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
     log_to_run(run_id, numbers, {"extractor": m["extractor"], "mode_collapse": m.get("mode_collapse", "n/a")})
@@ -240,7 +274,9 @@ def promote(p: Params, at: Layout = Layout()) -> tuple[Any, dict[str, Any], dict
     use_store(at.tracking)
     run_id = require_run(m.get("run_id"), str(path))
     before = champion(name, alias)
-    cand = register_generator(run_id, name, m)
+    cand = register_generator(
+        run_id, name, m, "checkpoint_best" if m.get("export") == "best" else "checkpoint"
+    )
     try:
         decision = decide(cand, before, p.promote.metric)
     except ValueError as err:

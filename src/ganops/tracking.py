@@ -229,7 +229,7 @@ def log_to_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> 
 
 # ----------------------------------------------------------------------------- model registry
 
-_META_KEYS = ("run_id", "dataset_hash", "extractor")
+_META_KEYS = ("run_id", "dataset_hash", "extractor", "export")
 
 
 def _version_facts(mv: Any) -> dict[str, Any]:
@@ -243,8 +243,10 @@ def _version_facts(mv: Any) -> dict[str, Any]:
     return facts
 
 
-def register_generator(run_id: str, name: str, facts: dict[str, Any]) -> dict[str, Any]:
-    """Register the run's ``checkpoint/`` artifact as a version of ``name`` (once per run).
+def register_generator(
+    run_id: str, name: str, facts: dict[str, Any], artifact_path: str = "checkpoint"
+) -> dict[str, Any]:
+    """Register the run's ``checkpoint/`` (or ``checkpoint_best/``) artifact as a version of ``name`` (once).
 
     The version's source is our checkpoint folder (weights + config JSON, no pickled code); ``facts``
     (dataset hash, extractor, numeric metrics) are stored as version tags so later decisions can compare.
@@ -262,7 +264,10 @@ def register_generator(run_id: str, name: str, facts: dict[str, Any]) -> dict[st
         c.create_registered_model(
             name, description="ganops DCGAN generators: checkpoint folder (weights + config.json)"
         )
-    existing = c.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    source = f"runs:/{run_id}/{artifact_path}"
+    existing = [
+        mv for mv in c.search_model_versions(f"name='{name}' and run_id='{run_id}'") if mv.source == source
+    ]
     if existing:
         return _version_facts(existing[0])
     tags = {k: str(v) for k, v in facts.items() if k in _META_KEYS}
@@ -271,7 +276,7 @@ def register_generator(run_id: str, name: str, facts: dict[str, Any]) -> dict[st
         for k, v in facts.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    mv = c.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags=tags)
+    mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
     return _version_facts(mv)
 
 

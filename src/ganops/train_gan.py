@@ -1,10 +1,17 @@
-"""Stage `train_gan`: the DCGAN training loop, one straight function.
+"""Stage `train_gan`: the GAN training loop, one straight function.
 
-Each step: (1) update D on a real batch labelled 1 and a generated batch labelled 0; (2) update G through
-a frozen D with target 1 (non-saturating BCE). Fixed-noise sample grids and atomic checkpoints every N
-steps. The loop reports through callbacks (``on_metrics``, ``on_sample``) and stops when ``should_stop``
-says so; it knows nothing about MLflow. Resuming from ``checkpoint.pt`` reproduces an uninterrupted run
-exactly on CPU: data order and noise are functions of (seed, step) and saved RNG states.
+Each step: (1) update D on a real batch and a generated batch (``d_steps`` times; skipped while D's loss is
+under ``d_skip_below``); (2) update G through a frozen D. Losses: the lesson's BCE (non-saturating for G)
+or hinge, with an optional lazy R1 penalty on reals. DiffAugment, when on, shows D every image — real or
+generated, in both phases — through the same differentiable augmentation policy. An exponential moving
+average of G's weights (``ema_decay``) is what sample grids, the monitor, the exports and so evaluation,
+promotion and serving see. A non-finite loss rolls everything back to the last checkpoint and lowers both
+learning rates. Every ``monitor_every`` steps a ``monitor`` callback scores G (coverage, KL, domain FID):
+the scores are reported and the best-scoring G is exported to ``best/`` besides the last in ``final/``.
+
+The loop reports through callbacks (``on_metrics``, ``on_sample``) and stops when ``should_stop`` says so;
+it knows nothing about MLflow. Resuming from ``checkpoint.pt`` reproduces an uninterrupted run exactly on
+CPU: data order is a function of (seed, step), noise and augmentation come from saved RNG states.
 
 Multi-process ready: ``rank``/``world_size`` pick each process's slice of every batch, and only rank 0
 reports, writes grids and checkpoints.
@@ -12,6 +19,7 @@ reports, writes grids and checkpoints.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -24,19 +32,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from ganops.augment import diff_augment
 from ganops.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ganops.config import GanParams
-from ganops.losses import d_loss_bce, g_loss_nonsaturating
-from ganops.models.gan import GANConfig, build
+from ganops.losses import D_LOSSES, G_LOSSES, r1_penalty
+from ganops.models.gan import GANConfig, build, ema_update
 
 log = logging.getLogger(__name__)
 
 MetricsFn = Callable[[int, dict[str, float]], None]
 SampleFn = Callable[[int, Path], None]
 StopFn = Callable[[int], bool]
+MonitorFn = Callable[[nn.Module], dict[str, Any]]  # G (eval mode) -> {"domain_fid": .., "kl": .., ...}
+StepFn = Callable[[int, nn.Module, nn.Module], None]
+
+# GanParams keys that do not shape the weights: changing them never invalidates a checkpoint.
+_NOT_SETTINGS = {"steps", "sample_every", "checkpoint_every", "log_every", "n_samples", "resume", "monitor_every",
+                 "monitor_samples", "best_metric", "nan_max_rollbacks", "nan_lr_factor"}  # fmt: skip
+_MODEL_KEYS = {"latent_dim", "ngf", "ndf", "arch", "spectral_norm", "mbstd"}
+
+
+class TrainingDiverged(RuntimeError):
+    """Losses stayed non-finite after ``nan_max_rollbacks`` rollbacks."""
 
 
 @dataclass
@@ -47,8 +69,13 @@ class TrainResult:
     completed: bool  # False when should_stop ended it early
     resumed_from: int  # 0 for a fresh start
     checkpoint: Path  # out/checkpoint.pt: full training state
-    export: Path | None  # out/final/: generator.pt + discriminator.pt + config.json + samples.png
+    export: (
+        Path | None
+    )  # out/final/: generator.pt (EMA when on) + discriminator.pt + config.json + samples.png
     history: list[dict[str, float]] = field(default_factory=list)  # one row per log_every steps
+    monitor: list[dict[str, Any]] = field(default_factory=list)  # one row per monitor_every steps
+    best: Path | None = None  # out/best/: the export that scored best on p.best_metric (monitor on)
+    counters: dict[str, int] = field(default_factory=dict)  # d_skipped, nan_rollbacks
 
 
 def training_settings(p: GanParams, cfg: GANConfig, seed: int, data_hash: str) -> dict[str, Any]:
@@ -56,21 +83,14 @@ def training_settings(p: GanParams, cfg: GANConfig, seed: int, data_hash: str) -
 
     ``steps`` and the reporting intervals are left out, so a finished run can be extended.
     """
-    return {
-        "model": cfg.to_dict(),
-        "batch_size": p.batch_size,
-        "lr_g": p.lr_g,
-        "lr_d": p.lr_d,
-        "betas": [p.beta1, p.beta2],
-        "seed": seed,
-        "data_hash": data_hash,
-    }
+    opts = {k: v for k, v in p.model_dump().items() if k not in _NOT_SETTINGS | _MODEL_KEYS}
+    return {"model": cfg.to_dict(), **opts, "seed": seed, "data_hash": data_hash}
 
 
 def settings_for(images: torch.Tensor, p: GanParams, seed: int, data_hash: str) -> dict[str, Any]:
     """:func:`training_settings` for a dataset of this shape."""
     _, C, S, _ = images.shape
-    cfg = GANConfig(image_size=S, channels=C, latent_dim=p.latent_dim, ngf=p.ngf, ndf=p.ndf)
+    cfg = GANConfig(image_size=S, channels=C, **{k: getattr(p, k) for k in sorted(_MODEL_KEYS)})
     return training_settings(p, cfg, seed, data_hash)
 
 
@@ -92,12 +112,22 @@ def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
+def _finite(*nets: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for net in nets for t in net.parameters())
+
+
 def _grid_png(x: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     save_image(
         make_grid(x, nrow=math.ceil(math.sqrt(len(x))), normalize=True, value_range=(-1, 1)), buf, "png"
     )
     return buf.getvalue()
+
+
+def pyramid(x: torch.Tensor, scales: list[int]) -> list[torch.Tensor]:
+    """(B, C, S, S) -> [x at each side in ``scales``] by average pooling (what MSG's D sees of real data)."""
+    S = x.shape[-1]
+    return [x if s == S else F.avg_pool2d(x, S // s) for s in scales]
 
 
 def train_gan(
@@ -112,28 +142,33 @@ def train_gan(
     on_metrics: MetricsFn | None = None,
     on_sample: SampleFn | None = None,
     should_stop: StopFn | None = None,
+    monitor: MonitorFn | None = None,
+    after_step: StepFn | None = None,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
 ) -> TrainResult:
-    """Train a DCGAN on ``images`` and write checkpoints, sample grids and the final export under ``out``.
+    """Train a GAN on ``images`` and write checkpoints, sample grids and the exports under ``out``.
 
     Args:
         images: (N, C, S, S) uint8, the prepared dataset (kept whole on ``device``).
         p: the ``gan`` params group.
-        out: output folder (``models/gan``): checkpoint.pt, samples/step_*.png, final/.
-        seed: seeds init, data order and noise.
+        out: output folder (``models/gan``): checkpoint.pt, samples/step_*.png, final/, best/.
+        seed: seeds init, data order, noise and augmentation.
         device: where to train.
         data_hash: the prepared data's content hash, stored with the checkpoint.
         meta: small str->str facts stored in the checkpoint (e.g. the MLflow run id), returned on resume.
-        on_metrics: called every ``p.log_every`` steps with loss_d, loss_g, d_real, d_fake, img_per_s.
+        on_metrics: called every ``p.log_every`` steps with loss_d, loss_g, d_real, d_fake, img_per_s,
+            d_skipped; with ``monitor_*`` scores every ``p.monitor_every`` steps; on every rollback.
         on_sample: called with (step, png path) after each sample grid is written.
         should_stop: polled after every step; True -> checkpoint and return early.
+        monitor: scores a generator (eval mode); called every ``p.monitor_every`` steps (0 = never).
+        after_step: called with (step, G, D) after every step (extensions; tests inject faults with it).
         rank, world_size: this process's place in a multi-process run (only rank 0 writes).
         progress: show a progress bar.
 
-    Returns:
-        A :class:`TrainResult`.
+    Raises:
+        TrainingDiverged: losses were non-finite again after ``p.nan_max_rollbacks`` rollbacks.
     """
     out = Path(out)
     device = torch.device(device)
@@ -151,60 +186,119 @@ def train_gan(
     # channels_last: oneDNN's convolutions run ~1.2x faster in NHWC on CPU (bench/train_throughput.py).
     G = G.to(device).to(memory_format=torch.channels_last)
     D = D.to(device).to(memory_format=torch.channels_last)
+    # The EMA generator: never trained directly, always in eval mode; what every consumer of G sees.
+    G_ema = copy.deepcopy(G).requires_grad_(False).eval() if p.ema_decay > 0 else None
     opt_g = torch.optim.Adam(G.parameters(), lr=p.lr_g, betas=(p.beta1, p.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=p.lr_d, betas=(p.beta1, p.beta2))
+    loss_d_fn, loss_g_fn = D_LOSSES[p.loss], G_LOSSES[p.loss]
+    policy = tuple(p.diffaugment)
     # Fixed noise: the same z every grid, so grids are comparable across steps and runs.
     fixed_z = torch.randn(p.n_samples, p.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1))
     fixed_z = fixed_z.to(device)
     noise = torch.Generator().manual_seed(seed + 2)  # training noise, drawn on CPU for device independence
+    aug_rng = torch.Generator().manual_seed(seed + 3)  # DiffAugment's draws
     data = images.to(device)
     history: list[dict[str, float]] = []
+    monitored: list[dict[str, Any]] = []
+    counters = {"d_skipped": 0, "nan_rollbacks": 0}
+    best: dict[str, Any] = {"value": math.inf, "step": 0}
 
-    ckpt_path = out / "checkpoint.pt"
-    step = 0
-    state = load_resumable(ckpt_path, settings, device) if p.resume else None
-    if state is not None:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["rng_torch"])
-        noise.set_state(state["rng_noise"])
-        history = list(state["history"])
-        meta = {**state["meta"], **(meta or {})}
-        step = int(state["step"])
-        log.info("resuming from %s at step %d", ckpt_path, step)
-    resumed_from = step
-    meta = dict(meta or {})
-    if step == 0 and main:  # a fresh start: grids and exports of an earlier run would mislead
-        for old in (out / "samples", out / "final"):
-            shutil.rmtree(old, ignore_errors=True)
-
-    def checkpoint() -> None:
-        if not main:
-            return
-        state = {
+    def snapshot() -> dict[str, Any]:
+        return {
             "G": G.state_dict(),
             "D": D.state_dict(),
+            "G_ema": G_ema.state_dict() if G_ema is not None else None,
             "opt_g": opt_g.state_dict(),
             "opt_d": opt_d.state_dict(),
             "step": step,
             "rng_torch": torch.get_rng_state(),
             "rng_noise": noise.get_state(),
+            "rng_aug": aug_rng.get_state(),
             "history": history,
+            "monitor": monitored,
+            "counters": counters,
+            "best": best,
             "meta": meta,
         }
-        save_checkpoint(ckpt_path, state, {"settings": settings})
 
-    def sample_grid() -> Path:
-        G.eval()  # what serving will see: BatchNorm on running statistics
+    def restore(state: dict[str, Any]) -> int:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        if G_ema is not None:
+            G_ema.load_state_dict(state["G_ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng_torch"])
+        noise.set_state(state["rng_noise"])
+        aug_rng.set_state(state["rng_aug"])
+        history[:] = state["history"]
+        monitored[:] = state["monitor"]
+        counters.update(state["counters"])
+        best.update(state["best"])
+        return int(state["step"])
+
+    ckpt_path = out / "checkpoint.pt"
+    step = 0
+    state = load_resumable(ckpt_path, settings, device) if p.resume else None
+    if state is not None:
+        step = restore(state)
+        meta = {**state["meta"], **(meta or {})}
+        log.info("resuming from %s at step %d", ckpt_path, step)
+    resumed_from = step
+    meta = dict(meta or {})
+    if step == 0 and main:  # a fresh start: grids and exports of an earlier run would mislead
+        for old in (out / "samples", out / "final", out / "best"):
+            shutil.rmtree(old, ignore_errors=True)
+    last_good = copy.deepcopy(snapshot())  # what a non-finite loss rolls back to
+
+    def checkpoint() -> None:
+        nonlocal last_good
+        last_good = copy.deepcopy(snapshot())
+        if main:
+            save_checkpoint(ckpt_path, last_good, {"settings": settings})
+
+    def sampler() -> nn.Module:
+        return G_ema if G_ema is not None else G
+
+    def sample_grid(notify: bool = True) -> Path:
+        g = sampler()
+        g.eval()  # what serving will see: BatchNorm on running statistics
         with torch.no_grad():
-            x = G(fixed_z).float().cpu()  # (n_samples, C, S, S) in [-1, 1]
+            x = g(fixed_z).float().cpu()  # (n_samples, C, S, S) in [-1, 1]
         G.train()
         path = atomic_write(out / "samples" / f"step_{step:06d}.png", _grid_png(x))
-        if on_sample:
+        if on_sample and notify:
             on_sample(step, path)
         return path
+
+    def export(folder: Path, extra: dict[str, Any]) -> Path:
+        config = {"model": cfg.to_dict(), "settings": settings, "step": step, "meta": meta,
+                  "ema": G_ema is not None, **extra}  # fmt: skip
+        atomic_write(folder / "generator.pt", sampler().state_dict())
+        if G_ema is not None:  # the raw weights too, for comparison; serving loads generator.pt
+            atomic_write(folder / "generator_raw.pt", G.state_dict())
+        atomic_write(folder / "discriminator.pt", D.state_dict())
+        atomic_write(folder / "samples.png", sample_grid(notify=False).read_bytes())
+        atomic_write(folder / "config.json", json.dumps(config, indent=2) + "\n")
+        return folder
+
+    def run_monitor() -> None:
+        if monitor is None or not main:
+            return
+        g = sampler()
+        g.eval()
+        m = monitor(g)
+        G.train()
+        monitored.append({"step": step, **m})
+        if on_metrics:
+            on_metrics(step, {f"monitor_{k}": float(v) for k, v in m.items() if isinstance(v, int | float)})
+        if m.get("mode_collapse"):
+            log.warning("step %d: possible mode collapse (coverage %s, KL %.3f)", step, m.get("coverage"),
+                        m.get("kl", math.nan))  # fmt: skip
+        value = float(m[p.best_metric])
+        if value < best["value"]:
+            best.update(value=value, step=step)
+            export(out / "best", {"monitor": m, "best_metric": p.best_metric})
 
     bar = tqdm(
         total=p.steps,
@@ -217,37 +311,86 @@ def train_gan(
     perm, perm_epoch = torch.empty(0, dtype=torch.long), -1
     t0, t_images = time.perf_counter(), 0
     completed = True
+    scales = cfg.scales  # [S] for dcgan; [4, 8, ..., S] for msg
     while step < p.steps:
         epoch, i = divmod(step, steps_per_epoch)
         if epoch != perm_epoch:
             perm, perm_epoch = _epoch_perm(N, seed, epoch).to(device), epoch
         lo = (i * world_size + rank) * B
         real = data[perm[lo : lo + B]].float().div_(127.5).sub_(1.0)  # (B, C, S, S) in [-1, 1]
-        real = real.contiguous(memory_format=torch.channels_last)
-        z = torch.randn(B, p.latent_dim, 1, 1, generator=noise).to(device)  # (B, Z, 1, 1)
+        reals = pyramid(real.contiguous(memory_format=torch.channels_last), scales)  # [(B, C, s, s)]
 
         # ---------------------------------------------------------------- (1) update D
-        # maximise log D(x) + log(1 - D(G(z))): real batch labelled 1, generated batch labelled 0
-        fake = G(z)  # (B, C, S, S)
-        real_logits = D(real)  # (B,)
-        fake_logits = D(fake.detach())  # (B,); detach: this phase must not reach G
-        loss_d = d_loss_bce(real_logits, fake_logits)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        # BCE: maximise log D(x) + log(1 - D(G(z))); hinge: push D(x) above 1 and D(G(z)) below -1.
+        # Real and generated batches go through the same DiffAugment policy (identity when off).
+        skipped = 0
+        for k in range(p.d_steps):
+            z = torch.randn(B, p.latent_dim, 1, 1, generator=noise).to(device)  # (B, Z, 1, 1)
+            fakes = G.pyramid(z)  # [(B, C, s, s)], kept for (2) from the last D step
+            r1 = p.r1_gamma > 0 and (step * p.d_steps + k) % p.r1_every == 0
+            real_in = diff_augment(reals, policy, aug_rng)
+            if r1:  # R1 needs the gradient with respect to D's (augmented) real input
+                real_in = [t.detach().requires_grad_(True) for t in real_in]
+            real_logits = D(real_in)  # (B,)
+            fake_logits = D(diff_augment([f.detach() for f in fakes], policy, aug_rng))  # (B,); detach: not G
+            loss_d = loss_d_fn(real_logits, fake_logits)
+            total_d = loss_d
+            if r1:  # lazy regularisation: every r1_every D steps, scaled up to match
+                total_d = total_d + p.r1_gamma / 2 * p.r1_every * r1_penalty(real_logits, real_in)
+            if p.d_skip_below > 0 and loss_d.item() < p.d_skip_below:
+                skipped += 1  # D is winning: let G catch up (the lesson's advice)
+                continue
+            opt_d.zero_grad(set_to_none=True)
+            total_d.backward()
+            opt_d.step()
+        counters["d_skipped"] += skipped
 
         # ---------------------------------------------------------------- (2) update G
-        # maximise log D(G(z)) through the just-updated D; D's weights are frozen so its backward
-        # computes input gradients only (no wasted weight gradients).
+        # BCE: maximise log D(G(z)) (non-saturating); hinge: maximise D(G(z)). Through the just-updated D,
+        # whose weights are frozen so its backward computes input gradients only.
         D.requires_grad_(False)
-        loss_g = g_loss_nonsaturating(D(fake))
+        loss_g = loss_g_fn(D(diff_augment(fakes, policy, aug_rng)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
         D.requires_grad_(True)
+        if G_ema is not None:  # warm-up: a short average early on, while G changes fast
+            ema_update(G_ema, G, min(p.ema_decay, (1 + step) / (10 + step)))
 
         step += 1
         t_images += B * world_size
+        if after_step:
+            after_step(step, G, D)
+
+        # ---------------------------------------------------------------- non-finite -> roll back
+        # Losses every step (one sync); the weights too before anything is written from them.
+        writes = (
+            step % p.checkpoint_every == 0
+            or step == p.steps
+            or bool(p.monitor_every and step % p.monitor_every == 0)
+        )
+        finite = bool(torch.isfinite(loss_d.detach() + loss_g.detach())) and (not writes or _finite(G, D))
+        if not finite:
+            if counters["nan_rollbacks"] >= p.nan_max_rollbacks:
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step} after {counters['nan_rollbacks']} rollback(s): lower "
+                    f"gan.lr_g / gan.lr_d, or turn on gan.spectral_norm / gan.r1_gamma"
+                )
+            n_rollbacks = counters["nan_rollbacks"] + 1
+            bad_step, step = step, restore(last_good)
+            counters["nan_rollbacks"] = n_rollbacks
+            for opt in (opt_g, opt_d):
+                for group in opt.param_groups:
+                    group["lr"] *= p.nan_lr_factor
+            lrs = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
+            log.warning("non-finite loss at step %d: rolled back to step %d, learning rates now %s",
+                        bad_step, step, lrs)  # fmt: skip
+            if on_metrics and main:
+                on_metrics(step, {"nan_rollbacks": float(n_rollbacks), **lrs})
+            perm_epoch = -1
+            bar.reset(total=p.steps)
+            bar.update(step)
+            continue
         bar.update(1)
 
         # ---------------------------------------------------------------- report, sample, checkpoint
@@ -257,9 +400,10 @@ def train_gan(
                 "step": float(step),
                 "loss_d": loss_d.item(),
                 "loss_g": loss_g.item(),
-                "d_real": torch.sigmoid(real_logits).mean().item(),  # D(x), -> 0.5 at equilibrium
-                "d_fake": torch.sigmoid(fake_logits).mean().item(),  # D(G(z)) before D's update
+                "d_real": torch.sigmoid(real_logits).mean().item(),  # sigmoid D(x), -> 0.5 at equilibrium
+                "d_fake": torch.sigmoid(fake_logits).mean().item(),  # sigmoid D(G(z)) before D's update
                 "img_per_s": t_images / dt if dt > 0 else 0.0,
+                "d_skipped": float(counters["d_skipped"]),
             }
             t0, t_images = time.perf_counter(), 0
             if main:
@@ -273,6 +417,8 @@ def train_gan(
                 )
                 if on_metrics:
                     on_metrics(step, {k: v for k, v in row.items() if k != "step"})
+        if p.monitor_every and (step % p.monitor_every == 0 or step == p.steps):
+            run_monitor()
         if main and (step % p.sample_every == 0 or step == p.steps):
             sample_grid()
         if step % p.checkpoint_every == 0 or step == p.steps:
@@ -283,15 +429,12 @@ def train_gan(
             break
     bar.close()
 
-    export = None
+    final = None
     if completed and main:
         if resumed_from == p.steps:  # nothing was left to train: make sure the outputs exist
-            sample_grid()
             checkpoint()
-        export = out / "final"
-        config = {"model": cfg.to_dict(), "settings": settings, "step": step, "meta": meta}
-        atomic_write(export / "generator.pt", G.state_dict())
-        atomic_write(export / "discriminator.pt", D.state_dict())
-        atomic_write(export / "samples.png", (out / "samples" / f"step_{step:06d}.png").read_bytes())
-        atomic_write(export / "config.json", json.dumps(config, indent=2) + "\n")
-    return TrainResult(step, completed, resumed_from, ckpt_path, export, history)
+        final = export(out / "final", {"counters": counters})
+    best_dir = out / "best" if (out / "best" / "config.json").is_file() else None
+    return TrainResult(
+        step, completed, resumed_from, ckpt_path, final, history, monitored, best_dir, dict(counters)
+    )

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ganops.checkpoint import atomic_write
-from ganops.models.gan import GANConfig, build, load_generator
+from ganops.models.gan import GANConfig, MinibatchStd, build, ema_update, load_generator
 
 
 @pytest.mark.parametrize("size,channels", [(32, 1), (32, 3), (64, 3), (64, 1), (16, 1)])
@@ -50,3 +50,56 @@ def test_load_generator_rebuilds_from_config(tmp_path):
     assert not G2.training and G2.cfg == cfg
     z = torch.randn(2, 8)
     assert torch.equal(G.eval()(z), G2(z))
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "msg"])
+@pytest.mark.parametrize("sn", [False, True])
+@pytest.mark.parametrize("mbstd", [False, True])
+def test_options_build_and_run(arch, sn, mbstd):
+    cfg = GANConfig(
+        image_size=32, channels=3, latent_dim=8, ngf=4, ndf=4, arch=arch, spectral_norm=sn, mbstd=mbstd
+    )
+    G, D = build(cfg)
+    z = torch.randn(8, 8)
+    pyr = G.pyramid(z)
+    assert [t.shape[-1] for t in pyr] == cfg.scales == ([4, 8, 16, 32] if arch == "msg" else [32])
+    assert all(t.shape[:2] == (8, 3) for t in pyr)
+    assert torch.equal(pyr[-1], G(z))  # G(z) is always the full-resolution image (what serving uses)
+    D(pyr).sum().backward()
+    # msg: every scale's head receives gradient through D (the point of multi-scale gradients)
+    heads = [h[0].weight.grad for h in G.heads]
+    assert len(heads) == (3 if arch == "msg" else 0) and all(
+        g is not None and g.abs().sum() > 0 for g in heads
+    )
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+    assert has_bn != sn  # spectral norm replaces D's BatchNorm
+    assert any("parametrizations" in k for k in D.state_dict()) == sn
+
+
+def test_msg_discriminator_rejects_a_single_scale():
+    cfg = GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, arch="msg")
+    _, D = build(cfg)
+    with pytest.raises(ValueError, match="3 scale"):
+        D(torch.randn(2, 1, 16, 16))
+
+
+def test_minibatch_std_tells_a_collapsed_batch_from_a_varied_one():
+    cfg = GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, mbstd=True)
+    mb = MinibatchStd()
+    varied = torch.randn(8, 5, 4, 4)
+    same = varied[:1].expand(8, -1, -1, -1)
+    assert mb(varied).shape == (8, 6, 4, 4)
+    assert mb(same)[:, -1].abs().max() < 1e-3 < mb(varied)[:, -1].min()
+    assert mb(torch.randn(6, 5, 4, 4)).shape == (6, 6, 4, 4)  # 6 is not a multiple of 4: one group
+    assert build(cfg)[1].out.in_channels == 4 * 2 + 1
+
+
+def test_ema_update_moves_towards_the_model_and_copies_buffers():
+    a, b = torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)
+    with torch.no_grad():
+        a.weight.fill_(0.0)
+        b.weight.fill_(1.0)
+        b.running_mean.fill_(3.0)
+    ema_update(a, b, 0.9)
+    assert torch.allclose(a.weight, torch.full((2,), 0.1))
+    assert torch.equal(a.running_mean, b.running_mean)

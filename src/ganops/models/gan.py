@@ -3,6 +3,15 @@
 G: z (B, Z, 1, 1) -> ConvTranspose/BatchNorm/ReLU blocks doubling H, W from 4x4 -> Tanh (B, C, S, S) in [-1, 1].
 D: (B, C, S, S) -> Conv/LeakyReLU(0.2) blocks (BatchNorm after the first) halving to 4x4 -> logits (B,).
 D returns logits, not probabilities: BCE-with-logits is the stable form of the lesson's Sigmoid + BCE.
+
+Options (all stored in :class:`GANConfig`, so a checkpoint rebuilds the nets that made it):
+- ``spectral_norm``: every D conv spectrally normalised (Miyato et al. 2018); D's BatchNorm is dropped then.
+- ``mbstd``: a minibatch standard-deviation channel before D's last conv (Karras et al. 2018): D sees how
+  varied a batch is, so a collapsed G is easy to tell from real data.
+- ``arch="msg"``: multi-scale gradients (MSG-GAN, Karnewar & Wang 2020): G also emits an image at every
+  intermediate resolution (1x1 conv "to-image" heads), D takes the whole pyramid, concatenating each scale
+  to its features at that resolution, so gradients reach every G block directly. ``G(z)`` still returns the
+  full-resolution image only (what serving uses); ``G.pyramid(z)`` returns all scales, coarse to fine.
 """
 
 from __future__ import annotations
@@ -24,11 +33,23 @@ class GANConfig:
     latent_dim: int = 64  # Z
     ngf: int = 32  # generator width (channels before the output layer)
     ndf: int = 32  # discriminator width (channels after the first layer)
+    arch: str = "dcgan"  # dcgan | msg (multi-scale gradients)
+    spectral_norm: bool = False  # spectral normalisation on every D conv (and no BatchNorm in D)
+    mbstd: bool = False  # minibatch standard-deviation channel before D's last conv
 
     def __post_init__(self) -> None:
         s = self.image_size
         if s < 8 or s & (s - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {s}")
+        if self.arch not in ("dcgan", "msg"):
+            raise ValueError(f"arch must be dcgan or msg, got {self.arch!r}")
+
+    @property
+    def scales(self) -> list[int]:
+        """Image sides the nets exchange: [S] for dcgan, [4, 8, ..., S] for msg."""
+        if self.arch == "msg":
+            return [4 * 2**i for i in range(self.n_blocks + 1)]
+        return [self.image_size]
 
     @property
     def n_blocks(self) -> int:
@@ -57,11 +78,27 @@ class Generator(nn.Module):
         # (B, ngf, S/2, S/2) -> (B, C, S, S) in [-1, 1]
         layers += [nn.ConvTranspose2d(ch[-1], cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
+        # msg: a to-image head after every block but the last: (B, ch_i, 4*2^i, 4*2^i) -> (B, C, same)
+        self.heads = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(c, cfg.channels, 1), nn.Tanh()) for c in ch] if cfg.arch == "msg" else []
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:  # accept (B, Z) as well as (B, Z, 1, 1)
             z = z[:, :, None, None]
         return self.main(z)
+
+    def pyramid(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Images at every scale of ``cfg.scales``, coarse to fine; ``[G(z)]`` for dcgan."""
+        if not self.heads:
+            return [self(z)]
+        h = z[:, :, None, None] if z.dim() == 2 else z
+        out = []
+        for i, head in enumerate(self.heads):  # self.main is [ConvT, BN, ReLU] per block, then [ConvT, Tanh]
+            h = self.main[3 * i : 3 * i + 3](h)  # (B, ch_i, 4*2^i, 4*2^i)
+            out.append(head(h))  # (B, C, 4*2^i, 4*2^i)
+        out.append(self.main[-2:](h))  # (B, C, S, S)
+        return out
 
 
 class Discriminator(nn.Module):
@@ -70,26 +107,67 @@ class Discriminator(nn.Module):
         self.cfg = cfg
         n = cfg.n_blocks
         ch = [cfg.ndf * 2**i for i in range(n)]  # S=32, ndf=32: [32, 64, 128]
+        sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
+        bias = cfg.spectral_norm  # with BatchNorm a conv bias is redundant (DCGAN); without it, it is not
+        extra = cfg.channels if cfg.arch == "msg" else 0  # msg: the image at each scale joins the features
         # (B, C, S, S) -> (B, ndf, S/2, S/2); no BatchNorm on the input layer (DCGAN paper)
-        layers: list[nn.Module] = [
-            nn.Conv2d(cfg.channels, ch[0], 4, 2, 1, bias=False),
-            nn.LeakyReLU(0.2, True),
+        blocks: list[nn.Module] = [
+            nn.Sequential(sn(nn.Conv2d(cfg.channels, ch[0], 4, 2, 1, bias=bias)), nn.LeakyReLU(0.2, True))
         ]
         for a, b in zip(ch, ch[1:], strict=False):
-            # (B, a, H, W) -> (B, b, H/2, W/2)
-            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
-        # (B, ch[-1], 4, 4) -> (B, 1, 1, 1)
-        layers += [nn.Conv2d(ch[-1], 1, 4, 1, 0, bias=False)]
-        self.main = nn.Sequential(*layers)
+            # (B, a [+C], H, W) -> (B, b, H/2, W/2)
+            norm: list[nn.Module] = [] if cfg.spectral_norm else [nn.BatchNorm2d(b)]
+            conv = sn(nn.Conv2d(a + extra, b, 4, 2, 1, bias=bias))
+            blocks.append(nn.Sequential(conv, *norm, nn.LeakyReLU(0.2, True)))
+        self.blocks = nn.ModuleList(blocks)
+        self.mbstd = MinibatchStd() if cfg.mbstd else None
+        # (B, ch[-1] [+C] [+1], 4, 4) -> (B, 1, 1, 1)
+        self.out = sn(nn.Conv2d(ch[-1] + extra + int(cfg.mbstd), 1, 4, 1, 0, bias=bias))
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Logits (B,) for images (B, C, S, S), or for msg the pyramid [(B, C, 4, 4), ..., (B, C, S, S)]."""
+        xs = list(x) if isinstance(x, list | tuple) else [x]
+        if len(xs) != len(self.cfg.scales):
+            raise ValueError(f"D expects {len(self.cfg.scales)} scale(s) {self.cfg.scales}, got {len(xs)}")
+        msg = len(xs) > 1
+        h = self.blocks[0](xs[-1])  # (B, ndf, S/2, S/2)
+        for i, block in enumerate(self.blocks[1:]):
+            if msg:  # join the image of this resolution: (B, a, H, W) -> (B, a + C, H, W)
+                h = torch.cat([h, xs[-2 - i]], 1)
+            h = block(h)  # (B, b, H/2, W/2)
+        if msg:
+            h = torch.cat([h, xs[0]], 1)  # (B, ch[-1] + C, 4, 4)
+        if self.mbstd is not None:
+            h = self.mbstd(h)  # (B, ... + 1, 4, 4)
+        return self.out(h).flatten()  # (B,) logits
+
+
+class MinibatchStd(nn.Module):
+    """Append one channel: the standard deviation of each feature over a group of samples, averaged.
+
+    (B, F, H, W) -> (B, F + 1, H, W). Groups of up to ``group`` samples (B must divide evenly, else the whole
+    batch is one group) make the statistic comparable across batch sizes.
+    """
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).flatten()  # (B,) logits
+        B, F_, H, W = x.shape
+        g = self.group if B % self.group == 0 else B
+        y = x.reshape(g, B // g, F_, H, W)  # (g, B/g, F, H, W): statistics over the group axis
+        y = (y.var(0, unbiased=False) + 1e-8).sqrt().mean([1, 2, 3])  # (B/g,)
+        y = y.reshape(1, B // g, 1, 1, 1).expand(g, -1, 1, H, W).reshape(B, 1, H, W)
+        return torch.cat([x, y], 1)
 
 
 def init_weights(m: nn.Module) -> None:
-    """DCGAN init: conv weights ~ N(0, 0.02); BatchNorm gamma ~ N(1, 0.02), beta = 0."""
+    """DCGAN init: conv weights ~ N(0, 0.02), biases 0; BatchNorm gamma ~ N(1, 0.02), beta = 0."""
     if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
         nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
@@ -101,6 +179,15 @@ def build(cfg: GANConfig) -> tuple[Generator, Discriminator]:
     g.apply(init_weights)
     d.apply(init_weights)
     return g, d
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers (BatchNorm statistics) copied."""
+    for e, m in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(m.detach(), 1.0 - decay)
+    for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
+        eb.copy_(mb)
 
 
 def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> Generator:

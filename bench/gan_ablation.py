@@ -1,0 +1,137 @@
+"""Benchmark: the GAN stabilisers one by one against the plain DCGAN, at a fixed number of steps, same run.
+
+Every variant trains the demo's nets (latent 64, ngf = ndf = 32, batch 64) for the same number of steps on the
+same prepared data and is scored by the evaluate stage's code (domain classifier trained once per dataset):
+domain FID (with the real-vs-real baseline), class coverage, KL of the class histogram, share of confident
+samples, and the wall time of training. Variants are params overrides on top of the plain DCGAN
+(``GanParams()``'s defaults), except ``default``, which is params.yaml's gan group.
+
+    python bench/gan_ablation.py                                      # digits, every variant
+    python bench/gan_ablation.py --source mnist --root <dir holding MNIST/raw>   # the MNIST test split
+    python bench/gan_ablation.py --limit 200 --variants baseline,diffaugment,default   # small data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ganops.classifier import train_classifier
+from ganops.config import ClassifierParams, DataParams, EvaluateParams, GanParams, load_params
+from ganops.data import prepare
+from ganops.evaluate import evaluate_samples, generate
+from ganops.models.gan import load_generator
+from ganops.train_gan import train_gan
+
+DEMO = {"latent_dim": 64, "ngf": 32, "ndf": 32, "batch_size": 64}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},  # the lesson's DCGAN: BCE, BatchNorm D, one D step per G step, raw G
+    "ttur": {"lr_g": 1e-4, "lr_d": 4e-4},
+    "d_skip": {"d_skip_below": 0.5},
+    "d_steps2": {"d_steps": 2},
+    "mbstd": {"mbstd": True},
+    "diffaugment": {"diffaugment": ["color", "translation", "cutout"]},
+    "spectral_norm": {"spectral_norm": True},
+    "hinge": {"loss": "hinge"},
+    "r1": {"r1_gamma": 1.0},
+    "msg": {"arch": "msg"},
+    "ema": {"ema_decay": 0.999},
+    "default": {},  # replaced by params.yaml's gan group
+}
+
+
+def run_variant(name: str, p: GanParams, train: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                clf: Any, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Train on ``train``, score against ``images``/``labels`` (the whole dataset)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        r = train_gan(train, p, tmp, seed=seed, progress=False)
+        seconds = time.perf_counter() - t0
+        G = load_generator(Path(tmp) / "final")
+        fake = generate(G, len(images) // 2, seed=seed + 1)
+        m = evaluate_samples(images, labels, fake, clf, EvaluateParams(), seed=seed)
+    keep = ("domain_fid", "baseline_fid", "coverage", "n_classes", "kl", "confident_frac", "mean_confidence")
+    row = {"variant": name, **{k: m[k] for k in keep if k in m}, "train_seconds": round(seconds, 1)}
+    row |= {"d_skipped": r.counters.get("d_skipped", 0), "nan_rollbacks": r.counters.get("nan_rollbacks", 0)}
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", default="digits", choices=["digits", "mnist", "fashion-mnist"])
+    ap.add_argument("--root", default="data/raw", help="folder holding MNIST/raw (mnist, fashion-mnist)")
+    ap.add_argument("--split", default="train", choices=["train", "test"])
+    ap.add_argument("--limit", type=int, default=0, help="keep this many images (0 = all)")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=32, help="image side in px")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="where `default` comes from")
+    ap.add_argument("--set", action="append", default=[], help="extra gan.key=value for every variant")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    names = [v for v in a.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+
+    src = a.root if a.source != "digits" else "data/raw"
+    if a.source != "digits" and not (Path(src) / "MNIST" / "raw").is_dir() and a.source == "mnist":
+        print(f"skipped: no MNIST/raw under {src}", flush=True)
+        return
+    # Scored against the whole dataset (classifier and FID reference) even when training on --limit images.
+    d = prepare(DataParams(source=a.source, root=src, split=a.split, image_size=a.size))
+    images, labels = d.images, d.labels
+    train_images = (
+        images[torch.randperm(len(images), generator=torch.Generator().manual_seed(a.seed))[: a.limit]]
+        if a.limit
+        else images
+    )
+    print(f"{a.source}: {len(images)} images, training on {len(train_images)}", flush=True)
+    clf = train_classifier(images, labels, ClassifierParams(), seed=a.seed, progress=False)
+    extra = {}
+    for kv in a.set:
+        k, v = kv.removeprefix("gan.").split("=", 1)
+        extra[k] = yaml.safe_load(v)
+    default = load_params(a.params).gan.model_dump()
+    rows = []
+    for name in names:
+        over = default if name == "default" else {**DEMO, **VARIANTS[name]}
+        p = GanParams(**{**over, **extra, "steps": a.steps, "sample_every": a.steps, "checkpoint_every": a.steps,
+                         "log_every": 50, "monitor_every": 0, "resume": False})  # fmt: skip
+        row = run_variant(name, p, train_images, images, labels, clf, a.seed)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "dataset": {
+            "source": a.source,
+            "split": a.split,
+            "images": len(images),
+            "trained_on": len(train_images),
+        },
+        "steps": a.steps,
+        "image_size": a.size,
+        "classifier_holdout_accuracy": clf.info.get("holdout_accuracy"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
+    out = a.out or Path(f"bench/results/gan_ablation_{a.source}{f'_{a.limit}' if a.limit else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
