@@ -40,7 +40,9 @@ def test_prepare_then_train_then_summary(project, isolated_tracking):
     r = runner.invoke(app, ["train-gan", "--no-progress", *TINY, "-S", "gan.monitor_every=2"])
     assert r.exit_code == 2 and "gan.monitor_every needs the domain classifier" in r.output  # nothing trained
     assert not (project / "models/gan").exists()
-    assert runner.invoke(app, ["classifier", "--no-progress", *TINY, "-S", "classifier.epochs=1"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["classifier", "--no-progress", *TINY, "-S", "classifier.epochs=1"]).exit_code == 0
+    )
     r = runner.invoke(app, ["train-gan", "--no-progress", *TINY, "-S", "gan.monitor_every=2"])
     assert r.exit_code == 0, r.output
     assert (project / "models/gan/best/generator.pt").is_file()

@@ -6,7 +6,16 @@ import torch
 from ganops.classifier import to_float, train_classifier
 from ganops.config import ClassifierParams, DataParams, EvaluateParams
 from ganops.data import prepare
-from ganops.evaluate import EvaluationError, class_stats, evaluate_samples, generate, inception_fid
+from ganops.evaluate import (
+    EvaluationError,
+    Monitor,
+    class_stats,
+    evaluate_samples,
+    frechet,
+    generate,
+    inception_fid,
+)
+from ganops.models.classifier import FeatureExtractor
 from ganops.models.gan import GANConfig, build
 
 
@@ -71,3 +80,46 @@ def test_inception_fid_without_cached_weights_names_the_file(tmp_path, monkeypat
         inception_fid(torch.zeros(2, 1, 16, 16), torch.zeros(2, 1, 16, 16))
     assert "weights-inception-2015-12-05-6726825d.pth" in str(e.value)
     assert str(tmp_path / "hub" / "checkpoints") in str(e.value)
+
+
+def test_frechet_known_values_and_agreement_with_torchmetrics(digits):
+    one, four = torch.eye(1), 4 * torch.eye(1)
+    # N(0, 1) vs N(1, 4): (0-1)^2 + 1 + 4 - 2*sqrt(1*4) = 2
+    assert frechet(torch.zeros(1), one, torch.ones(1), four) == pytest.approx(2.0)
+    assert frechet(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(3)) == pytest.approx(0.0, abs=1e-9)
+    d, clf = digits
+    ext = FeatureExtractor(clf.net)
+    a, b = to_float(d.images[:600]), to_float(d.images[600:1200])
+    fa, fb = ext(a).double(), ext(b).double()
+    ours = frechet(fa.mean(0), torch.cov(fa.T), fb.mean(0), torch.cov(fb.T))
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=ext)
+    fid.update(a, real=True)
+    fid.update(b, real=False)
+    assert ours == pytest.approx(float(fid.compute()), rel=1e-3)
+
+
+class _Replay(torch.nn.Module):
+    """A 'generator' that returns stored images, in order: lets the monitor score known samples."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x, self.i = x, 0
+        self.cfg = GANConfig(image_size=x.shape[-1], latent_dim=4)
+
+    def forward(self, z):
+        out = self.x[self.i : self.i + len(z)]
+        self.i += len(z)
+        return out
+
+
+def test_monitor_scores_like_evaluate_and_flags_collapse(digits):
+    d, clf = digits
+    mon = Monitor(d.images, d.labels, clf, EvaluateParams(), n=400, seed=1)
+    good = mon(_Replay(to_float(d.images[torch.randperm(len(d.images))[:400]])))
+    assert good["coverage"] == 10 and good["kl"] < 0.05 and not good["mode_collapse"]
+    sevens = to_float(d.images[d.labels == 7])
+    bad = mon(_Replay(sevens[torch.arange(400) % len(sevens)]))
+    assert bad["coverage"] == 1 and bad["mode_collapse"] and bad["kl"] > 2.0
+    assert bad["domain_fid"] > 10 * good["domain_fid"]
