@@ -243,3 +243,20 @@ def test_monitor_reports_and_keeps_the_best_export(images, tmp_path):
     assert best["step"] == 4 and best["monitor"]["domain_fid"] == 1.0 and best["ema"] is True
     assert (r.best / "generator.pt").is_file() and load_generator(r.best)
     assert json.loads((r.export / "config.json").read_text())["step"] == 6  # the last, besides the best
+
+
+def test_diffaugment_sees_real_and_fake_in_both_phases_with_one_policy(images, tmp_path, monkeypatch):
+    import ganops.train_gan as tg
+
+    calls = []
+    real_fn = tg.diff_augment
+
+    def spy(x, policy, generator=None):
+        calls.append((policy, x[0].requires_grad))
+        return real_fn(x, policy, generator)
+
+    monkeypatch.setattr(tg, "diff_augment", spy)
+    train_gan(images, tiny(steps=2, diffaugment=["translation", "cutout"]), tmp_path, progress=False)
+    # per step: D phase real (no grad), D phase fake (detached), G phase fake (grad flows to G)
+    assert calls == [(("translation", "cutout"), False), (("translation", "cutout"), False),
+                     (("translation", "cutout"), True)] * 2  # fmt: skip
