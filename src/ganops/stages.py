@@ -57,7 +57,9 @@ class Layout:
 
     @property
     def tracking(self) -> Path:
-        return (self.tracking_root or self.root).resolve()
+        """``tracking_root``; else DVC's ``DVC_ROOT`` (queued experiments run in a temporary copy of the
+        project, and must log to the project's store), else ``root``."""
+        return Path(self.tracking_root or os.environ.get("DVC_ROOT") or self.root).resolve()
 
     @property
     def prepared(self) -> Path:
