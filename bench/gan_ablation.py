@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +46,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "r1": {"r1_gamma": 1.0},
     "msg": {"arch": "msg"},
     "ema": {"ema_decay": 0.999},
-    "default": {},  # replaced by params.yaml's gan group
+    "default": {},  # params.yaml's gan group
+    "default_diffaugment": {"diffaugment": ["color", "translation", "cutout"]},  # on top of params.yaml's
 }
 
 
@@ -65,6 +67,22 @@ def run_variant(name: str, p: GanParams, train: torch.Tensor, images: torch.Tens
     return row
 
 
+def time_variants(
+    params: dict[str, GanParams], images: torch.Tensor, steps: int, rounds: int
+) -> dict[str, float]:
+    """Median seconds per training step of each variant; rounds interleave the variants (machine noise)."""
+    per: dict[str, list[float]] = {name: [] for name in params}
+    for _ in range(rounds):
+        for name, p in params.items():
+            p = p.model_copy(update={"steps": steps, "sample_every": 10**6, "checkpoint_every": 10**6,
+                                     "monitor_every": 0})  # fmt: skip
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                train_gan(images, p, tmp, progress=False)
+                per[name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(v) for name, v in per.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default="digits", choices=["digits", "mnist", "fashion-mnist"])
@@ -78,6 +96,11 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="where `default` comes from")
     ap.add_argument("--set", action="append", default=[], help="extra gan.key=value for every variant")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--time-steps", type=int, default=100, help="steps per timing round (0 = no timing pass)")
+    ap.add_argument("--time-rounds", type=int, default=3)
+    ap.add_argument(
+        "--timing-only", action="store_true", help="only the timing pass (quality is deterministic)"
+    )
     a = ap.parse_args()
     names = [v for v in a.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
@@ -103,14 +126,25 @@ def main() -> None:
         k, v = kv.removeprefix("gan.").split("=", 1)
         extra[k] = yaml.safe_load(v)
     default = load_params(a.params).gan.model_dump()
-    rows = []
+    params = {}
     for name in names:
-        over = default if name == "default" else {**DEMO, **VARIANTS[name]}
-        p = GanParams(**{**over, **extra, "steps": a.steps, "sample_every": a.steps, "checkpoint_every": a.steps,
-                         "log_every": 50, "monitor_every": 0, "resume": False})  # fmt: skip
+        over = {**default, **VARIANTS[name]} if name.startswith("default") else {**DEMO, **VARIANTS[name]}
+        params[name] = GanParams(**{**over, **extra, "steps": a.steps, "sample_every": a.steps,
+                                    "checkpoint_every": a.steps, "log_every": 50, "monitor_every": 0,
+                                    "resume": False})  # fmt: skip
+    rows = []
+    for name, p in params.items():
+        if a.timing_only:
+            break
         row = run_variant(name, p, train_images, images, labels, clf, a.seed)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    timing = time_variants(params, train_images, a.time_steps, a.time_rounds) if a.time_steps else {}
+    ref = timing.get("baseline")
+    for name, sec in timing.items():
+        print(
+            f"{name}: {1000 * sec:.1f} ms/step" + (f" ({sec / ref:.2f}x baseline)" if ref else ""), flush=True
+        )
     result = {
         "command": "python " + " ".join(sys.argv),
         "dataset": {
@@ -126,8 +160,13 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
+        "ms_per_step": {k: round(1000 * v, 2) for k, v in timing.items()},
+        "time_vs_baseline": {k: round(v / ref, 3) for k, v in timing.items()} if ref else {},
     }
-    out = a.out or Path(f"bench/results/gan_ablation_{a.source}{f'_{a.limit}' if a.limit else ''}.json")
+    suffix = f"_{a.limit}" if a.limit else ""
+    out = a.out or Path(
+        f"bench/results/gan_ablation_{a.source}{suffix}{'_timing' if a.timing_only else ''}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
