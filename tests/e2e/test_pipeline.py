@@ -104,13 +104,18 @@ def test_repro_trains_logs_and_is_idempotent(repo):
     assert (d / "dvc_plots" / "index.html").is_file()
 
 
-def test_exp_run_with_changed_param_is_a_second_mlflow_run(repo):
-    d, env = repo
+def _committed_baseline(d: Path, env: dict[str, str]) -> int:
+    """Reproduce if needed, commit the workspace (experiments start from a commit); the runs so far."""
     if not (d / "dvc.lock").is_file():
         sh(["dvc", "repro"], d, env)
     sh(["git", "add", "-A"], d, env)
     sh(["git", "commit", "-qm", "baseline", "--allow-empty"], d, env)
-    n_before = len(_runs(d)[1])
+    return len(_runs(d)[1])
+
+
+def test_exp_run_with_changed_param_is_a_second_mlflow_run(repo):
+    d, env = repo
+    n_before = _committed_baseline(d, env)
     out = sh(["dvc", "exp", "run", "-S", "gan.lr_d=0.0001"], d, env)
     c, runs = _runs(d)
     assert len(runs) == n_before + 1
@@ -125,11 +130,7 @@ def test_exp_run_with_changed_param_is_a_second_mlflow_run(repo):
 def test_queued_sweep_runs_every_point_into_the_project_store(repo):
     """The README's sweep recipe: a grid queued with one command, run, compared; MLflow gets every point."""
     d, env = repo
-    if not (d / "dvc.lock").is_file():
-        sh(["dvc", "repro"], d, env)
-    sh(["git", "add", "-A"], d, env)
-    sh(["git", "commit", "-qm", "before sweep", "--allow-empty"], d, env)
-    n_before = len(_runs(d)[1])
+    n_before = _committed_baseline(d, env)
     out = sh(
         ["dvc", "exp", "run", "--queue", "-S", "gan.lr_g=0.0001,0.0003", "-S", "gan.loss=bce,hinge"], d, env
     )
