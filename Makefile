@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo serve bento browser prefect-server flows-serve train-flow style-flow test test-unit lint bench clean
+.PHONY: install demo serve bento browser prefect-server flows-serve train-flow style-flow test test-unit lint bench bench-gan clean
 
 install: $(STAMP)
 
@@ -78,6 +78,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
+
+# the GAN stabiliser ablation on digits (~25 min on 2 cores); see BENCHMARKS.md for MNIST and small data
+bench-gan: $(STAMP)
+	$(BIN)/python bench/gan_ablation.py
 
 clean:
 	rm -rf data/prepared models/gan models/classifier models/style data/style data/stylized data/stylized_sheet.png metrics dvc_plots dist .ganops mlflow.db mlartifacts
