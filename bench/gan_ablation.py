@@ -120,7 +120,11 @@ def main() -> None:
         else images
     )
     print(f"{a.source}: {len(images)} images, training on {len(train_images)}", flush=True)
-    clf = train_classifier(images, labels, ClassifierParams(), seed=a.seed, progress=False)
+    clf = (
+        None
+        if a.timing_only
+        else train_classifier(images, labels, ClassifierParams(), seed=a.seed, progress=False)
+    )
     extra = {}
     for kv in a.set:
         k, v = kv.removeprefix("gan.").split("=", 1)
@@ -155,7 +159,7 @@ def main() -> None:
         },
         "steps": a.steps,
         "image_size": a.size,
-        "classifier_holdout_accuracy": clf.info.get("holdout_accuracy"),
+        "classifier_holdout_accuracy": clf.info.get("holdout_accuracy") if clf else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
