@@ -43,8 +43,8 @@ def test_cutout_zeroes_a_quarter_of_the_image():
     assert zeroed.max() == pytest.approx(0.25) and zeroed.min() > 0
 
 
-def test_same_draws_for_real_and_fake_given_the_same_generator_state():
-    # The loop augments real and generated batches with one policy; with equal RNG state they get equal draws.
+def test_draws_come_only_from_the_given_generator():
+    # Equal generator state -> equal draws (what makes a resumed run augment exactly as an uninterrupted one).
     real, fake = torch.rand(8, 3, 16, 16), torch.rand(8, 3, 16, 16)
     g = torch.Generator().manual_seed(3)
     state = g.get_state()

@@ -68,6 +68,11 @@ def class_stats(probs: torch.Tensor, real_hist: torch.Tensor, min_frac: float) -
     }
 
 
+def collapsed(stats: dict[str, Any], n_classes: int, p: EvaluateParams) -> bool:
+    """Mode collapse: a class left uncovered, or the class histogram's KL above ``p.kl_threshold``."""
+    return bool(stats["coverage"] < n_classes or stats["kl"] > p.kl_threshold)
+
+
 def fid_kid(
     extractor: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch_size: int
 ) -> dict[str, float]:
@@ -131,7 +136,7 @@ def evaluate_samples(
         b = class_stats(_probs(clf.net, other, p.batch_size), real_hist, p.coverage_min_frac)
         m |= g | {"n_classes": K, "baseline_coverage": b["coverage"], "baseline_kl": b["kl"],
                   "baseline_mean_confidence": b["mean_confidence"]}  # fmt: skip
-        m["mode_collapse"] = bool(g["coverage"] < K or g["kl"] > p.kl_threshold)
+        m["mode_collapse"] = collapsed(g, K, p)
     return m
 
 
@@ -174,7 +179,7 @@ class Monitor:
             m |= class_stats(
                 _probs(self.clf.net, fake, self.p.batch_size), self.real_hist, self.p.coverage_min_frac
             )
-            m["mode_collapse"] = bool(m["coverage"] < len(self.real_hist) or m["kl"] > self.p.kl_threshold)
+            m["mode_collapse"] = collapsed(m, len(self.real_hist), self.p)
         return m
 
 

@@ -188,17 +188,26 @@ def train_gan(
     return result, run.run_id
 
 
+def _classifier_for(at: Layout, data_hash: str) -> Any:
+    """The saved domain classifier, if it was trained on the data with ``data_hash``."""
+    from ganops.classifier import load_classifier
+
+    clf = load_classifier(at.classifier)
+    if clf.info.get("data_hash") != data_hash:
+        raise StageError(
+            f"{at.classifier} was trained on other data: run `ganops classifier` (or `dvc repro`) first"
+        )
+    return clf
+
+
 def _monitor(p: Params, at: Layout, images: Any, labels: Any, data_hash: str, device: Any) -> Any:
     """The in-training quality monitor, on the domain classifier of this data."""
-    from ganops.classifier import load_classifier
     from ganops.evaluate import Monitor
 
     if not (at.classifier / "config.json").is_file():
         raise StageError("gan.monitor_every needs the domain classifier: run `ganops classifier` first "
                          "(dvc repro runs it before train_gan), or set gan.monitor_every: 0")  # fmt: skip
-    clf = load_classifier(at.classifier)
-    if clf.info.get("data_hash") != data_hash:
-        raise StageError(f"{at.classifier} was trained on other data: run `ganops classifier` first")
+    clf = _classifier_for(at, data_hash)
     return Monitor(
         images, labels, clf, p.evaluate, n=p.gan.monitor_samples, seed=p.base.seed + 7, device=device
     )
@@ -219,7 +228,7 @@ def classifier(p: Params, at: Layout = Layout(), *, progress: bool = True) -> An
 
 def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     """Stage `evaluate`; returns the metrics (also metrics/evaluate.json and the training run)."""
-    from ganops.classifier import load_classifier, to_float
+    from ganops.classifier import to_float
     from ganops.devices import resolve_device
     from ganops.evaluate import evaluate_samples, generate, inception_fid
     from ganops.models.gan import load_generator
@@ -240,11 +249,7 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     use_store(at.tracking)
     gen_config = json.loads((export / "config.json").read_text())
     run_id = require_run(gen_config.get("meta", {}).get("mlflow_run_id"), str(export))
-    clf = load_classifier(at.classifier)
-    if clf.info.get("data_hash") != man["content_hash"]:
-        raise StageError(
-            f"{at.classifier} was trained on other data: run `ganops classifier` (or `dvc repro`) first"
-        )
+    clf = _classifier_for(at, man["content_hash"])
     if gen_config["settings"]["data_hash"] != man["content_hash"]:
         raise StageError(
             f"{export} was trained on other data than {at.prepared}: run `ganops train-gan` first"
