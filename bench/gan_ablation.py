@@ -29,7 +29,7 @@ import yaml
 from ganops.classifier import train_classifier
 from ganops.config import ClassifierParams, DataParams, EvaluateParams, GanParams, load_params
 from ganops.data import prepare
-from ganops.evaluate import evaluate_samples, generate
+from ganops.evaluate import asked_classes, evaluate_samples, generate
 from ganops.models.gan import load_generator
 from ganops.train_gan import train_gan
 
@@ -46,29 +46,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "r1": {"r1_gamma": 1.0},
     "msg": {"arch": "msg"},
     "ema": {"ema_decay": 0.999},
+    "conditional": {"conditional": True},  # class-conditional G and projection D
     "default": {},  # params.yaml's gan group
     "default_diffaugment": {"diffaugment": ["color", "translation", "cutout"]},  # on top of params.yaml's
+    "default_unconditional": {"conditional": False},  # params.yaml's, without the classes
 }
 
 
-def run_variant(name: str, p: GanParams, train: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                clf: Any, seed: int) -> dict[str, Any]:  # fmt: skip
-    """Train on ``train``, score against ``images``/``labels`` (the whole dataset)."""
+def run_variant(name: str, p: GanParams, train: tuple[torch.Tensor, torch.Tensor], images: torch.Tensor,
+                labels: torch.Tensor, clf: Any, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Train on ``train`` (images, labels), score against ``images``/``labels`` (the whole dataset)."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        r = train_gan(train, p, tmp, seed=seed, progress=False)
+        r = train_gan(train[0], p, tmp, labels=train[1], seed=seed, progress=False)
         seconds = time.perf_counter() - t0
         G = load_generator(Path(tmp) / "final")
-        fake = generate(G, len(images) // 2, seed=seed + 1)
-        m = evaluate_samples(images, labels, fake, clf, EvaluateParams(), seed=seed)
-    keep = ("domain_fid", "baseline_fid", "coverage", "n_classes", "kl", "confident_frac", "mean_confidence")
+        n = len(images) // 2
+        fake = generate(G, n, seed=seed + 1)
+        m = evaluate_samples(images, labels, fake, clf, EvaluateParams(), seed=seed,
+                             fake_labels=asked_classes(G, n, seed=seed + 1))  # fmt: skip
+    keep = ("domain_fid", "baseline_fid", "coverage", "n_classes", "kl", "confident_frac", "mean_confidence",
+            "baseline_confident_frac", "label_agreement")  # fmt: skip
     row = {"variant": name, **{k: m[k] for k in keep if k in m}, "train_seconds": round(seconds, 1)}
     row |= {"d_skipped": r.counters.get("d_skipped", 0), "nan_rollbacks": r.counters.get("nan_rollbacks", 0)}
     return row
 
 
 def time_variants(
-    params: dict[str, GanParams], images: torch.Tensor, steps: int, rounds: int
+    params: dict[str, GanParams], images: torch.Tensor, labels: torch.Tensor, steps: int, rounds: int
 ) -> dict[str, float]:
     """Median seconds per training step of each variant; rounds interleave the variants (machine noise)."""
     per: dict[str, list[float]] = {name: [] for name in params}
@@ -78,7 +83,7 @@ def time_variants(
                                      "monitor_every": 0})  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                train_gan(images, p, tmp, progress=False)
+                train_gan(images, p, tmp, labels=labels, progress=False)
                 per[name].append((time.perf_counter() - t0) / steps)
     return {name: statistics.median(v) for name, v in per.items()}
 
@@ -114,11 +119,8 @@ def main() -> None:
     # Scored against the whole dataset (classifier and FID reference) even when training on --limit images.
     d = prepare(DataParams(source=a.source, root=src, split=a.split, image_size=a.size))
     images, labels = d.images, d.labels
-    train_images = (
-        images[torch.randperm(len(images), generator=torch.Generator().manual_seed(a.seed))[: a.limit]]
-        if a.limit
-        else images
-    )
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(a.seed))[: a.limit or None]
+    train_images, train_labels = (images[keep], labels[keep]) if a.limit else (images, labels)
     print(f"{a.source}: {len(images)} images, training on {len(train_images)}", flush=True)
     clf = (
         None
@@ -140,10 +142,12 @@ def main() -> None:
     for name, p in params.items():
         if a.timing_only:
             break
-        row = run_variant(name, p, train_images, images, labels, clf, a.seed)
+        row = run_variant(name, p, (train_images, train_labels), images, labels, clf, a.seed)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    timing = time_variants(params, train_images, a.time_steps, a.time_rounds) if a.time_steps else {}
+    timing = (
+        time_variants(params, train_images, train_labels, a.time_steps, a.time_rounds) if a.time_steps else {}
+    )
     ref = timing.get("baseline")
     for name, sec in timing.items():
         print(

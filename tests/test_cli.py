@@ -118,6 +118,24 @@ def test_folder_source_reports_skips(project):
     assert man["count"] == 3 and man["channels"] == 3 and man["skipped"] == 1
 
 
+def test_conditional_gan_on_unlabelled_pictures_is_a_clear_error(project):
+    from PIL import Image
+
+    own = project / "data" / "raw" / "own"
+    own.mkdir(parents=True)
+    for i in range(20):  # one flat folder: no class subfolders, so no labels
+        Image.new("RGB", (24, 24), (i * 10, 0, 0)).save(own / f"{i}.png")
+    src = [*TINY, "-S", "data.source=folder", "-S", "data.root=data/raw/own", "-S", "gan.batch_size=8"]
+    assert CliRunner().invoke(app, ["prepare", *src]).exit_code == 0
+    r = CliRunner().invoke(app, ["train-gan", "--no-progress", *src, "-S", "gan.conditional=true"])
+    assert r.exit_code == 2 and "gan.conditional: true needs labelled data" in r.output
+    assert not (project / "models" / "gan" / "checkpoint.pt").exists()
+    # the default, auto, trains an unconditional GAN on them
+    r = CliRunner().invoke(app, ["train-gan", "--no-progress", *src, "-S", "gan.conditional=auto"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((project / "models/gan/final/config.json").read_text())["model"]["class_counts"] == []
+
+
 def test_params_yaml_keys_all_have_comments():
     # every key in params.yaml carries a comment (house style); parse the file as text
     for line in (ROOT / "params.yaml").read_text().splitlines():

@@ -9,11 +9,14 @@ from ganops.data import prepare
 from ganops.evaluate import (
     EvaluationError,
     Monitor,
+    asked_classes,
     class_stats,
     evaluate_samples,
     frechet,
     generate,
     inception_fid,
+    noise,
+    summary_line,
 )
 from ganops.models.classifier import FeatureExtractor
 from ganops.models.gan import GANConfig, build
@@ -37,6 +40,25 @@ def test_real_data_as_generated_scores_like_the_baseline(digits):
     assert m["domain_fid"] < 3 * m["baseline_fid"] + 0.5  # "near the baseline"
     assert m["n_generated"] == 800 and m["n_real_reference"] == len(d.images) // 2
     assert m["extractor"] == "domain-classifier"
+    assert m["baseline_confident_frac"] > 0.8 and "label_agreement" not in m
+
+
+def test_label_agreement_counts_samples_of_the_class_asked_for(digits):
+    d, clf = digits
+    idx = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(3))[:500]
+    fake, asked = to_float(d.images[idx]), d.labels[idx]
+    right = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams(), fake_labels=asked)
+    wrong = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams(), fake_labels=(asked + 1) % 10)
+    assert right["label_agreement"] > 0.9 and wrong["label_agreement"] < 0.1
+    assert "class as asked" in summary_line(right)
+
+
+def test_asked_classes_are_those_behind_generate():
+    G, _ = build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, class_counts=(3, 3)))
+    asked = asked_classes(G, 40, seed=5)
+    with torch.no_grad():
+        assert torch.equal(generate(G, 40, seed=5), G(noise(G, 40, 5), asked))
+    assert asked_classes(build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4))[0], 4, seed=5) is None
 
 
 def test_collapsed_sampler_is_flagged(digits):

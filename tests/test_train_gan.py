@@ -128,34 +128,83 @@ STABILISERS = {
     "d_steps": {"d_steps": 2},
     "msg": {"arch": "msg"},
     "ema": {"ema_decay": 0.9},
+    "conditional": {"conditional": True},
     "all": {"loss": "hinge", "r1_gamma": 0.5, "spectral_norm": True, "mbstd": True, "arch": "msg",
-            "diffaugment": ["translation"], "ema_decay": 0.9},
+            "diffaugment": ["translation"], "ema_decay": 0.9, "conditional": "auto"},
 }  # fmt: skip
 
 
+@pytest.fixture
+def labels(images):
+    return torch.arange(len(images)) % 3  # three classes, for the conditional option
+
+
 @pytest.mark.parametrize("name", list(STABILISERS))
-def test_each_stabiliser_trains_and_resumes_exactly(name, images, tmp_path):
+def test_each_stabiliser_trains_and_resumes_exactly(name, images, labels, tmp_path):
     kw = STABILISERS[name]
-    full = train_gan(images, tiny(steps=6, checkpoint_every=3, **kw), tmp_path / "full", progress=False)
+    full = train_gan(
+        images, tiny(steps=6, checkpoint_every=3, **kw), tmp_path / "full", labels=labels, progress=False
+    )
     assert full.completed and all(
         math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in full.history
     )
     G = load_generator(full.export)
     assert G(torch.randn(2, 8)).shape == (2, 1, 16, 16) and G.cfg.arch == kw.get("arch", "dcgan")
+    assert G.cfg.n_classes == (3 if kw.get("conditional") else 0)
     # RNG for noise and augmentation is part of the checkpoint: stop at 3 + resume == uninterrupted
-    train_gan(images, tiny(steps=3, checkpoint_every=3, **kw), tmp_path / "split", progress=False)
-    resumed = train_gan(images, tiny(steps=6, checkpoint_every=3, **kw), tmp_path / "split", progress=False)
+    split = tmp_path / "split"
+    train_gan(images, tiny(steps=3, checkpoint_every=3, **kw), split, labels=labels, progress=False)
+    resumed = train_gan(images, tiny(steps=6, checkpoint_every=3, **kw), split, labels=labels, progress=False)
     assert resumed.resumed_from == 3
     a, b = _weights(full.checkpoint), _weights(resumed.checkpoint)
     for k in a["G"]:
         assert torch.equal(a["G"][k], b["G"][k]), k
 
 
-def test_settings_name_every_stabiliser(images, tmp_path):
-    train_gan(images, tiny(), tmp_path, progress=False)
+def test_settings_name_every_stabiliser(images, labels, tmp_path):
+    train_gan(images, tiny(), tmp_path, labels=labels, progress=False)
     # each stabiliser changes the weights, so none may resume a checkpoint built without it
     for kw in STABILISERS.values():
-        assert train_gan(images, tiny(**kw), tmp_path, progress=False).resumed_from == 0
+        assert train_gan(images, tiny(**kw), tmp_path, labels=labels, progress=False).resumed_from == 0
+
+
+def test_conditional_needs_labels_auto_follows_them(images, labels, tmp_path):
+    with pytest.raises(ValueError, match="gan.conditional: true needs labelled data"):
+        train_gan(images, tiny(conditional=True), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="labelled data"):  # one image without a label is not labelled data
+        train_gan(
+            images, tiny(conditional=True), tmp_path, labels=torch.cat([labels[:-1], torch.tensor([-1])])
+        )
+    unlabelled = train_gan(images, tiny(conditional="auto"), tmp_path / "u", progress=False)
+    assert load_generator(unlabelled.export).cfg.n_classes == 0
+    labelled = train_gan(images, tiny(conditional="auto"), tmp_path / "l", labels=labels, progress=False)
+    assert load_generator(labelled.export).cfg.class_counts == (14, 13, 13)
+    off = train_gan(images, tiny(conditional=False), tmp_path / "o", labels=labels, progress=False)
+    assert load_generator(off.export).cfg.n_classes == 0
+    # "auto" and true on labelled data build the same model: the checkpoint resumes across them
+    more = train_gan(images, tiny(conditional=True, steps=6), tmp_path / "l", labels=labels, progress=False)
+    assert more.resumed_from == 4
+
+
+def test_conditional_generator_draws_the_class_it_is_asked_for(tmp_path):
+    # class 0: dark images, class 1: bright ones. A conditional G must learn which is which.
+    g = torch.Generator().manual_seed(0)
+    dark = torch.randint(0, 40, (32, 1, 16, 16), dtype=torch.uint8, generator=g)
+    bright = torch.randint(215, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=g)
+    images, labels = torch.cat([dark, bright]), torch.tensor([0] * 32 + [1] * 32)
+    p = tiny(steps=300, checkpoint_every=300, sample_every=300, ngf=8, ndf=8, lr_g=1e-3, lr_d=1e-3,
+             conditional=True, loss="hinge")  # fmt: skip
+    G = load_generator(train_gan(images, p, tmp_path, labels=labels, progress=False).export)
+    z = torch.randn(64, 8)
+    with torch.no_grad():
+        asked_dark, asked_bright = (
+            G(z, torch.zeros(64, dtype=torch.long)),
+            G(z, torch.ones(64, dtype=torch.long)),
+        )
+    assert asked_dark.mean() < -0.5 < 0.5 < asked_bright.mean()  # the data: about -0.84 and +0.84
+    # without a class, G draws one from z, in the data's proportions (half and half here)
+    drawn = G.labels_for(torch.randn(4000, 8))
+    assert 0.45 < drawn.double().mean() < 0.55
 
 
 def test_ema_weights_are_exported_for_serving_and_differ_from_raw(images, tmp_path):

@@ -77,6 +77,7 @@ class GanParams(_Group):
     loss: Literal["bce", "hinge"] = "bce"
     spectral_norm: bool = False
     mbstd: bool = False
+    conditional: Literal["auto"] | bool = False
     diffaugment: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
     r1_gamma: float = Field(0.0, ge=0)
     r1_every: int = Field(4, ge=1)

@@ -5,6 +5,8 @@ With the domain classifier (see ``classifier.py``), on N generated samples:
 - **kl**: KL(generated || real) between predicted-class histograms (0 = same class balance; a generator
   collapsed onto one of 10 balanced classes scores log 10 ~ 2.3);
 - **mean_confidence** and **confident_frac** (share of samples with max softmax >= 0.9);
+- **label_agreement** (class-conditional generators): share of samples the classifier puts in the class G
+  was asked for;
 - **domain_fid / domain_kid**: FID and KID (torchmetrics) in the classifier's feature space.
 Every number comes with the real-vs-real **baseline** (two disjoint halves of the real data, same sample
 count), so "FID 4.1" can be read against "real data scores 1.2". Unlabelled data gets FID/KID only, in a
@@ -42,9 +44,17 @@ def generate(
 ) -> torch.Tensor:
     """``n`` samples from ``G`` in eval mode: (n, C, S, S) float in [-1, 1], on the CPU. Seeded noise."""
     G.eval()
-    Z = G.cfg.latent_dim
-    z = torch.randn(n, Z, 1, 1, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([G(c.to(device)).float().cpu() for c in z.split(batch_size)])
+    return torch.cat([G(c.to(device)).float().cpu() for c in noise(G, n, seed).split(batch_size)])
+
+
+def noise(G: Generator, n: int, seed: int) -> torch.Tensor:
+    """The seeded z (n, Z, 1, 1) behind ``generate(G, n, seed=seed)``."""
+    return torch.randn(n, G.cfg.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed))
+
+
+def asked_classes(G: Generator, n: int, *, seed: int) -> torch.Tensor | None:
+    """The classes a conditional G draws for ``generate(G, n, seed=seed)``'s samples, (n,); None if unconditional."""
+    return G.labels_for(noise(G, n, seed)) if G.cfg.n_classes else None
 
 
 @torch.no_grad()
@@ -99,6 +109,7 @@ def evaluate_samples(
     p: EvaluateParams,
     *,
     seed: int = 0,
+    fake_labels: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Score ``fake`` against the prepared real data, with the real-vs-real baseline.
 
@@ -108,6 +119,7 @@ def evaluate_samples(
         clf: the domain classifier (or random-feature extractor) for this data.
         p: the ``evaluate`` params group.
         seed: splits the real data into the two baseline halves.
+        fake_labels: (M,) the classes a conditional generator was asked for (-> label_agreement).
 
     Returns:
         Flat metrics: domain_fid, domain_kid(_std), baseline_*, coverage, n_classes, kl, mean_confidence,
@@ -132,11 +144,15 @@ def evaluate_samples(
     if clf.trained:
         K = clf.net.cfg.n_classes
         real_hist = torch.bincount(labels[labels >= 0], minlength=K)
-        g = class_stats(_probs(clf.net, fake, p.batch_size), real_hist, p.coverage_min_frac)
+        probs = _probs(clf.net, fake, p.batch_size)  # (M, K)
+        g = class_stats(probs, real_hist, p.coverage_min_frac)
         b = class_stats(_probs(clf.net, other, p.batch_size), real_hist, p.coverage_min_frac)
         m |= g | {"n_classes": K, "baseline_coverage": b["coverage"], "baseline_kl": b["kl"],
-                  "baseline_mean_confidence": b["mean_confidence"]}  # fmt: skip
+                  "baseline_mean_confidence": b["mean_confidence"],
+                  "baseline_confident_frac": b["confident_frac"]}  # fmt: skip
         m["mode_collapse"] = collapsed(g, K, p)
+        if fake_labels is not None:
+            m["label_agreement"] = float((probs.argmax(1) == fake_labels.to(probs.device)).double().mean())
     return m
 
 
@@ -223,7 +239,10 @@ def summary_line(m: dict[str, Any]) -> str:
     if "coverage" in m:
         parts.append(f"coverage {m['coverage']}/{m['n_classes']}")
         parts.append(f"KL {m['kl']:.3f}")
-        parts.append(f"confident {100 * m['confident_frac']:.0f}%")
+        real = f" (real {100 * m['baseline_confident_frac']:.0f}%)" if "baseline_confident_frac" in m else ""
+        parts.append(f"confident {100 * m['confident_frac']:.0f}%{real}")
+        if "label_agreement" in m:
+            parts.append(f"class as asked {100 * m['label_agreement']:.0f}%")
         if m["mode_collapse"]:
             parts.append("MODE COLLAPSE")
     parts.append(f"{m['n_generated']} samples, extractor {m['extractor']}")

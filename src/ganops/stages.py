@@ -145,7 +145,10 @@ def train_gan(
     images, labels, man = _prepared(at, p)
     device = resolve_device(p.base.device)
     seed, data_hash = p.base.seed, man["content_hash"]
-    settings = settings_for(images, p.gan, seed, data_hash)
+    try:
+        settings = settings_for(images, p.gan, seed, data_hash, labels)
+    except ValueError as err:  # e.g. gan.conditional: true on unlabelled pictures
+        raise StageError(str(err)) from None
     prior = load_resumable(at.gan / "checkpoint.pt", settings) if p.gan.resume else None
     monitor = _monitor(p, at, images, labels, data_hash, device) if p.gan.monitor_every else None
     log.info("training on %s: %d images, device %s", man["source"], man["count"], device)
@@ -154,7 +157,7 @@ def train_gan(
     with start_run(p, entry_point=_entry_point(), data_hash=data_hash, resume_run_id=resume_id,
                    root=at.tracking) as run:  # fmt: skip
         result = train(
-            images, p.gan, at.gan, seed=seed, device=device, data_hash=data_hash,
+            images, p.gan, at.gan, labels=labels, seed=seed, device=device, data_hash=data_hash,
             meta={"mlflow_run_id": run.run_id}, on_metrics=run.on_metrics, on_sample=run.on_sample,
             should_stop=should_stop, monitor=monitor, progress=progress,
         )  # fmt: skip
@@ -230,7 +233,7 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     """Stage `evaluate`; returns the metrics (also metrics/evaluate.json and the training run)."""
     from ganops.classifier import to_float
     from ganops.devices import resolve_device
-    from ganops.evaluate import evaluate_samples, generate, inception_fid
+    from ganops.evaluate import asked_classes, evaluate_samples, generate, inception_fid
     from ganops.models.gan import load_generator
     from ganops.tracking import log_to_run, require_run, use_store
 
@@ -257,7 +260,10 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     G = load_generator(export, device=device)
     n = p.evaluate.n_samples or len(images) // 2
     fake = generate(G, n, seed=p.base.seed + 1, batch_size=p.evaluate.batch_size, device=device)
-    m = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed)
+    asked = asked_classes(G, n, seed=p.base.seed + 1)
+    if asked is not None and G.cfg.n_classes != clf.net.cfg.n_classes:
+        asked = None  # classes the classifier does not know: no agreement to measure
+    m = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed, fake_labels=asked)
     if p.evaluate.inception:
         m["inception_fid"] = inception_fid(to_float(images), fake)
     m |= {"dataset_hash": man["content_hash"], "run_id": run_id, "export": p.evaluate.export,

@@ -8,6 +8,8 @@ average of G's weights (``ema_decay``) is what sample grids, the monitor, the ex
 promotion and serving see. A non-finite loss rolls everything back to the last checkpoint and lowers both
 learning rates. Every ``monitor_every`` steps a ``monitor`` callback scores G (coverage, KL, domain FID):
 the scores are reported and the best-scoring G is exported to ``best/`` besides the last in ``final/``.
+On labelled data the pair can be class-conditional (``conditional``): every real image goes to D with its
+class, every generated one with the class G was asked for (drawn from its noise, in the data's proportions).
 
 The loop reports through callbacks (``on_metrics``, ``on_sample``) and stops when ``should_stop`` says so;
 it knows nothing about MLflow. Resuming from ``checkpoint.pt`` reproduces an uninterrupted run exactly on
@@ -51,9 +53,10 @@ StopFn = Callable[[int], bool]
 MonitorFn = Callable[[nn.Module], dict[str, Any]]  # G (eval mode) -> {"domain_fid": .., "kl": .., ...}
 StepFn = Callable[[int, nn.Module, nn.Module], None]
 
-# GanParams keys that do not shape the weights: changing them never invalidates a checkpoint.
+# GanParams keys that do not shape the weights: changing them never invalidates a checkpoint. (`conditional`
+# does, but through its outcome, the model's class counts: "auto" and true on labelled data are one setting.)
 _NOT_SETTINGS = {"steps", "sample_every", "checkpoint_every", "log_every", "n_samples", "resume", "monitor_every",
-                 "monitor_samples", "best_metric", "nan_max_rollbacks", "nan_lr_factor"}  # fmt: skip
+                 "monitor_samples", "best_metric", "nan_max_rollbacks", "nan_lr_factor", "conditional"}  # fmt: skip
 _MODEL_KEYS = {"latent_dim", "ngf", "ndf", "arch", "spectral_norm", "mbstd"}
 
 
@@ -87,10 +90,32 @@ def training_settings(p: GanParams, cfg: GANConfig, seed: int, data_hash: str) -
     return {"model": cfg.to_dict(), **opts, "seed": seed, "data_hash": data_hash}
 
 
-def settings_for(images: torch.Tensor, p: GanParams, seed: int, data_hash: str) -> dict[str, Any]:
-    """:func:`training_settings` for a dataset of this shape."""
+def class_counts_for(labels: torch.Tensor | None, conditional: bool | str) -> tuple[int, ...]:
+    """Images per class when the GAN is to be class-conditional, else ().
+
+    ``conditional``: True needs labelled data (every image labelled, >= 2 classes); "auto" conditions
+    exactly when the data is labelled; False never.
+    """
+    counts: tuple[int, ...] = ()
+    if labels is not None and len(labels) > 0 and bool((labels >= 0).all()):
+        counts = tuple(torch.bincount(labels).tolist())
+    if len(counts) < 2:
+        counts = ()
+    if conditional is True and not counts:
+        raise ValueError(
+            "gan.conditional: true needs labelled data (two classes or more, every image labelled; a folder "
+            "source labels images by their subfolder): use `auto` or `false` for unlabelled pictures"
+        )
+    return counts if conditional else ()
+
+
+def settings_for(
+    images: torch.Tensor, p: GanParams, seed: int, data_hash: str, labels: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """:func:`training_settings` for a dataset of this shape (and these labels)."""
     _, C, S, _ = images.shape
-    cfg = GANConfig(image_size=S, channels=C, **{k: getattr(p, k) for k in sorted(_MODEL_KEYS)})
+    cfg = GANConfig(image_size=S, channels=C, class_counts=class_counts_for(labels, p.conditional),
+                    **{k: getattr(p, k) for k in sorted(_MODEL_KEYS)})  # fmt: skip
     return training_settings(p, cfg, seed, data_hash)
 
 
@@ -135,6 +160,7 @@ def train_gan(
     p: GanParams,
     out: str | Path,
     *,
+    labels: torch.Tensor | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     data_hash: str = "",
@@ -154,6 +180,8 @@ def train_gan(
         images: (N, C, S, S) uint8, the prepared dataset (kept whole on ``device``).
         p: the ``gan`` params group.
         out: output folder (``models/gan``): checkpoint.pt, samples/step_*.png, final/, best/.
+        labels: (N,) int64 class of every image (-1 = unlabelled); ``p.conditional`` decides whether the
+            GAN is class-conditional on them.
         seed: seeds init, data order, noise and augmentation.
         device: where to train.
         data_hash: the prepared data's content hash, stored with the checkpoint.
@@ -178,8 +206,9 @@ def train_gan(
     steps_per_epoch = N // (B * world_size)
     if steps_per_epoch == 0:
         raise ValueError(f"gan.batch_size {B} x {world_size} process(es) exceeds the {N} images: lower it")
-    settings = settings_for(images, p, seed, data_hash)
+    settings = settings_for(images, p, seed, data_hash, labels)
     cfg = GANConfig(**settings["model"])
+    conditional = cfg.n_classes > 0
 
     torch.manual_seed(seed)
     G, D = build(cfg)
@@ -198,6 +227,7 @@ def train_gan(
     noise = torch.Generator().manual_seed(seed + 2)  # training noise, drawn on CPU for device independence
     aug_rng = torch.Generator().manual_seed(seed + 3)  # DiffAugment's draws
     data = images.to(device)
+    classes = labels.to(device) if conditional and labels is not None else None
     history: list[dict[str, float]] = []
     monitored: list[dict[str, Any]] = []
     counters = {"d_skipped": 0, "nan_rollbacks": 0}
@@ -319,20 +349,24 @@ def train_gan(
         lo = (i * world_size + rank) * B
         real = data[perm[lo : lo + B]].float().div_(127.5).sub_(1.0)  # (B, C, S, S) in [-1, 1]
         reals = pyramid(real.contiguous(memory_format=torch.channels_last), scales)  # [(B, C, s, s)]
+        y_real = classes[perm[lo : lo + B]] if classes is not None else None  # (B,) conditional only
 
         # ---------------------------------------------------------------- (1) update D
         # BCE: maximise log D(x) + log(1 - D(G(z))); hinge: push D(x) above 1 and D(G(z)) below -1.
         # Real and generated batches go through the same DiffAugment policy (identity when off).
+        # Conditional: D judges each image together with its class (real: the label; fake: G's class).
         skipped = 0
         for k in range(p.d_steps):
             z = torch.randn(B, p.latent_dim, 1, 1, generator=noise).to(device)  # (B, Z, 1, 1)
-            fakes = G.pyramid(z)  # [(B, C, s, s)], kept for (2) from the last D step
+            y_fake = G.labels_for(z) if conditional else None  # (B,): the classes G is asked for
+            fakes = G.pyramid(z, y_fake)  # [(B, C, s, s)], kept for (2) from the last D step
             r1 = p.r1_gamma > 0 and (step * p.d_steps + k) % p.r1_every == 0
             real_in = diff_augment(reals, policy, aug_rng)
             if r1:  # R1 needs the gradient with respect to D's (augmented) real input
                 real_in = [t.detach().requires_grad_(True) for t in real_in]
-            real_logits = D(real_in)  # (B,)
-            fake_logits = D(diff_augment([f.detach() for f in fakes], policy, aug_rng))  # (B,); detach: not G
+            real_logits = D(real_in, y_real)  # (B,)
+            fake_in = diff_augment([f.detach() for f in fakes], policy, aug_rng)  # detach: D's step, not G's
+            fake_logits = D(fake_in, y_fake)  # (B,)
             loss_d = loss_d_fn(real_logits, fake_logits)
             total_d = loss_d
             if r1:  # lazy regularisation: every r1_every D steps, scaled up to match
@@ -349,7 +383,7 @@ def train_gan(
         # BCE: maximise log D(G(z)) (non-saturating); hinge: maximise D(G(z)). Through the just-updated D,
         # whose weights are frozen so its backward computes input gradients only.
         D.requires_grad_(False)
-        loss_g = loss_g_fn(D(diff_augment(fakes, policy, aug_rng)))
+        loss_g = loss_g_fn(D(diff_augment(fakes, policy, aug_rng), y_fake))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

@@ -103,3 +103,43 @@ def test_ema_update_moves_towards_the_model_and_copies_buffers():
     ema_update(a, b, 0.9)
     assert torch.allclose(a.weight, torch.full((2,), 0.1))
     assert torch.equal(a.running_mean, b.running_mean)
+
+
+def test_conditional_pair_takes_classes():
+    cfg = GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, mbstd=True, class_counts=[100, 300, 600])
+    G, D = build(cfg)
+    G.eval()
+    z = torch.randn(6, 8)
+    # no class given: G draws one from z, deterministically, in the data's proportions (0.1 / 0.3 / 0.6)
+    assert torch.equal(G(z), G(z, G.labels_for(z)))
+    drawn = torch.bincount(G.labels_for(torch.randn(20_000, 8)), minlength=3).double() / 20_000
+    assert torch.allclose(drawn, torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64), atol=0.015)
+    # the class changes the image; z given as (B, Z, 1, 1) works alike
+    a, b = G(z, torch.zeros(6, dtype=torch.long)), G(z[:, :, None, None], torch.full((6,), 2))
+    assert a.shape == b.shape == (6, 1, 16, 16) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="0..2"):
+        G(z, torch.full((6,), 3))
+    # D's projection term: the same images score differently under other classes, and the class
+    # embedding receives gradient
+    x = G(z, torch.zeros(6, dtype=torch.long)).detach()
+    y0, y1 = torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long)
+    D.embed.weight.data.normal_(0, 1)
+    assert not torch.allclose(D(x, y0), D(x, y1))
+    D(x, y1).sum().backward()
+    assert D.embed.weight.grad[1].abs().sum() > 0 and D.embed.weight.grad[0].abs().sum() == 0
+    with pytest.raises(ValueError, match="needs class labels"):
+        D(x)
+
+
+def test_unconditional_pair_refuses_classes_and_config_round_trips(tmp_path):
+    G, D = build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4))
+    with pytest.raises(ValueError, match="unconditional"):
+        G(torch.randn(2, 8), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="takes none"):
+        D(torch.randn(2, 1, 16, 16), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="2 classes"):
+        GANConfig(class_counts=[50])
+    cfg = GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, class_counts=(5, 7), spectral_norm=True)
+    assert GANConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg  # what config.json gives back
+    G, D = build(cfg)
+    assert D(G.pyramid(torch.randn(3, 8)), torch.tensor([0, 1, 1])).shape == (3,)

@@ -12,6 +12,11 @@ Options (all stored in :class:`GANConfig`, so a checkpoint rebuilds the nets tha
   intermediate resolution (1x1 conv "to-image" heads), D takes the whole pyramid, concatenating each scale
   to its features at that resolution, so gradients reach every G block directly. ``G(z)`` still returns the
   full-resolution image only (what serving uses); ``G.pyramid(z)`` returns all scales, coarse to fine.
+- ``class_counts`` (labelled data): class-conditional nets (cGAN). G takes a class as a one-hot vector beside
+  z; D adds a projection term <embed(y), h> to its logit (Miyato & Koyama 2018), so it judges "a real 7",
+  not just "a real digit". Without an explicit class, G draws one from z itself (the normal CDF of z[0]
+  mapped through the data's class frequencies), so ``G(z)`` stays a pure function of z and serving, the
+  registry and the metrics need nothing new.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,8 +42,13 @@ class GANConfig:
     arch: str = "dcgan"  # dcgan | msg (multi-scale gradients)
     spectral_norm: bool = False  # spectral normalisation on every D conv (and no BatchNorm in D)
     mbstd: bool = False  # minibatch standard-deviation channel before D's last conv
+    class_counts: tuple[int, ...] = ()  # images per class of a class-conditional pair (() = unconditional)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "class_counts", tuple(int(c) for c in self.class_counts))  # JSON gives lists
+        if self.class_counts and (len(self.class_counts) < 2 or min(self.class_counts) < 0
+                                  or sum(self.class_counts) == 0):  # fmt: skip
+            raise ValueError(f"class_counts needs >= 2 classes with images, got {self.class_counts}")
         s = self.image_size
         if s < 8 or s & (s - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {s}")
@@ -52,12 +63,18 @@ class GANConfig:
         return [self.image_size]
 
     @property
+    def n_classes(self) -> int:
+        """K, the classes of a conditional pair; 0 when unconditional."""
+        return len(self.class_counts)
+
+    @property
     def n_blocks(self) -> int:
         """Resolution doublings between 4x4 and S x S (S=32 -> 3, S=64 -> 4)."""
         return int(math.log2(self.image_size)) - 2
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (a list for class_counts), so a dict read back from a checkpoint compares equal."""
+        return {**asdict(self), "class_counts": list(self.class_counts)}
 
 
 class Generator(nn.Module):
@@ -67,8 +84,8 @@ class Generator(nn.Module):
         n = cfg.n_blocks
         ch = [cfg.ngf * 2 ** (n - 1 - i) for i in range(n)]  # S=32, ngf=32: [128, 64, 32]
         layers: list[nn.Module] = [
-            # (B, Z, 1, 1) -> (B, ch0, 4, 4)
-            nn.ConvTranspose2d(cfg.latent_dim, ch[0], 4, 1, 0, bias=False),
+            # (B, Z [+K], 1, 1) -> (B, ch0, 4, 4); conditional: the class one-hot joins z
+            nn.ConvTranspose2d(cfg.latent_dim + cfg.n_classes, ch[0], 4, 1, 0, bias=False),
             nn.BatchNorm2d(ch[0]),
             nn.ReLU(True),
         ]
@@ -82,17 +99,45 @@ class Generator(nn.Module):
         self.heads = nn.ModuleList(
             [nn.Sequential(nn.Conv2d(c, cfg.channels, 1), nn.Tanh()) for c in ch] if cfg.arch == "msg" else []
         )
+        counts = torch.tensor(cfg.class_counts or (1,), dtype=torch.float64)
+        self._cdf = (counts.cumsum(0) / counts.sum()).float()  # (K,): class frequencies, cumulated
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def labels_for(self, z: torch.Tensor) -> torch.Tensor:
+        """The class G draws for each noise vector: z[0]'s normal CDF through the class frequencies, (B,).
+
+        z ~ N(0, I) gives classes in the training data's proportions; the same z always gives the same class.
+        """
+        u = torch.special.ndtr(z.flatten(1)[:, 0].float())  # (B,) uniform in (0, 1)
+        cdf = self._cdf.to(z.device)
+        return torch.searchsorted(cdf, u.contiguous(), right=True).clamp_(max=len(cdf) - 1)
+
+    def _input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """(B, Z) or (B, Z, 1, 1) [+ classes (B,)] -> (B, Z [+K], 1, 1)."""
         if z.dim() == 2:  # accept (B, Z) as well as (B, Z, 1, 1)
             z = z[:, :, None, None]
-        return self.main(z)
+        K = self.cfg.n_classes
+        if not K:
+            if labels is not None:
+                raise ValueError("this generator is unconditional: it takes no class labels")
+            return z
+        if labels is None:
+            y = self.labels_for(z)
+        else:
+            y = labels.to(z.device)
+            if len(y) != len(z) or (len(y) and (y.min() < 0 or y.max() >= K)):
+                raise ValueError(f"need one class label in 0..{K - 1} per noise vector")
+        onehot = F.one_hot(y.long(), K).to(z.dtype)[:, :, None, None]  # (B, K, 1, 1)
+        return torch.cat([z, onehot], 1)
 
-    def pyramid(self, z: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, Z) or (B, Z, 1, 1) -> images (B, C, S, S); conditional: classes (B,) or drawn from z."""
+        return self.main(self._input(z, labels))
+
+    def pyramid(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Images at every scale of ``cfg.scales``, coarse to fine; ``[G(z)]`` for dcgan."""
         if not self.heads:
-            return [self(z)]
-        h = z[:, :, None, None] if z.dim() == 2 else z
+            return [self(z, labels)]
+        h = self._input(z, labels)
         out = []
         for i, head in enumerate(self.heads):  # self.main is [ConvT, BN, ReLU] per block, then [ConvT, Tanh]
             h = self.main[3 * i : 3 * i + 3](h)  # (B, ch_i, 4*2^i, 4*2^i)
@@ -122,10 +167,20 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.mbstd = MinibatchStd() if cfg.mbstd else None
         # (B, ch[-1] [+C] [+1], 4, 4) -> (B, 1, 1, 1)
-        self.out = sn(nn.Conv2d(ch[-1] + extra + int(cfg.mbstd), 1, 4, 1, 0, bias=bias))
+        n_feat = ch[-1] + extra + int(cfg.mbstd)
+        self.out = sn(nn.Conv2d(n_feat, 1, 4, 1, 0, bias=bias))
+        # conditional: one vector per class, dotted with the summed last features (projection D)
+        self.embed = sn(nn.Embedding(cfg.n_classes, n_feat)) if cfg.n_classes else None
 
-    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-        """Logits (B,) for images (B, C, S, S), or for msg the pyramid [(B, C, 4, 4), ..., (B, C, S, S)]."""
+    def forward(
+        self, x: torch.Tensor | list[torch.Tensor], labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B,) for images (B, C, S, S), or for msg the pyramid [(B, C, 4, 4), ..., (B, C, S, S)].
+
+        A conditional D needs the class of every image, ``labels`` (B,).
+        """
+        if (labels is None) != (self.embed is None):
+            raise ValueError("a conditional D needs class labels; an unconditional one takes none")
         xs = list(x) if isinstance(x, list | tuple) else [x]
         if len(xs) != len(self.cfg.scales):
             raise ValueError(f"D expects {len(self.cfg.scales)} scale(s) {self.cfg.scales}, got {len(xs)}")
@@ -139,7 +194,10 @@ class Discriminator(nn.Module):
             h = torch.cat([h, xs[0]], 1)  # (B, ch[-1] + C, 4, 4)
         if self.mbstd is not None:
             h = self.mbstd(h)  # (B, ... + 1, 4, 4)
-        return self.out(h).flatten()  # (B,) logits
+        logits = self.out(h).flatten()  # (B,)
+        if self.embed is not None and labels is not None:  # + <embed(y), sum over 4x4 of h>: (B, F) . (B, F) -> (B,)
+            logits = logits + (self.embed(labels.to(h.device).long()) * h.sum((2, 3))).sum(1)
+        return logits
 
 
 class MinibatchStd(nn.Module):
@@ -171,6 +229,8 @@ def init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):  # the projection starts as small as the convs
+        nn.init.normal_(m.weight, 0.0, 0.02)
 
 
 def build(cfg: GANConfig) -> tuple[Generator, Discriminator]:
