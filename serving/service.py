@@ -64,7 +64,8 @@ class GeneratorModel:
         folder, self.facts = download_champion(MODEL_NAME, MODEL_ALIAS)
         self.G = load_generator(folder)
         cfg = self.G.cfg
-        self.shape = {"image_size": cfg.image_size, "channels": cfg.channels, "latent_dim": cfg.latent_dim}
+        self.shape = {"image_size": cfg.image_size, "channels": cfg.channels, "latent_dim": cfg.latent_dim,
+                      "class_counts": list(cfg.class_counts)}  # fmt: skip
 
     # max_latency_ms is a ceiling, not a wait: past it BentoML answers 503 "overloaded", so keep it generous;
     # the dispatcher releases a batch as soon as waiting longer stops paying off.
@@ -182,12 +183,29 @@ class GanService:
         n: Annotated[int, Field(ge=1, le=MAX_N, description="number of images")] = 16,
         seed: Annotated[int | None, Field(ge=0, lt=2**63, description="same seed -> same images")] = None,
         format: Literal["grid", "png_list"] = "grid",
+        label: Annotated[
+            int | None, Field(ge=0, description="class of every image (class-conditional generators)")
+        ] = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Annotated[bytes, ContentType("image/png")]:
-        """``n`` images from the champion: one PNG grid, or (png_list) JSON ``{"seed", "images": [base64 PNG]}``."""
+        """``n`` images from the champion: one PNG grid, or (png_list) JSON ``{"seed", "images": [base64 PNG]}``.
+
+        ``label``: a class-conditional champion draws every image of that class (same seed, other label:
+        the same noise otherwise); without it each image's class is drawn from its noise.
+        """
+        from bentoml.exceptions import InvalidArgument
+
+        from ganops.models.gan import noise_for_class
+
         seed = secrets.randbelow(2**31) if seed is None else seed
         info = await self._model()
-        z = torch.randn(n, info["latent_dim"], generator=torch.Generator().manual_seed(seed)).numpy()
+        zt = torch.randn(n, info["latent_dim"], generator=torch.Generator().manual_seed(seed))
+        if label is not None:
+            try:
+                zt = noise_for_class(zt, torch.full((n,), label), info.get("class_counts") or [])
+            except ValueError as err:
+                raise InvalidArgument(str(err)) from None
+        z = zt.numpy()
         images = await self._forward(z)  # (n, S, S, C) uint8
         ctx.response.headers["X-Seed"] = str(seed)
         if format == "png_list":
@@ -199,7 +217,8 @@ class GanService:
     async def model_info(self) -> dict[str, Any]:
         """What is served: registered name, version, alias, run id, dataset hash, metrics, image shape."""
         info = dict(await self._model())
-        keys = ("version", "run_id", "dataset_hash", "extractor", "image_size", "channels", "latent_dim")
+        keys = ("version", "run_id", "dataset_hash", "extractor", "image_size", "channels", "latent_dim",
+                "class_counts")  # fmt: skip
         out = {"name": MODEL_NAME, "alias": MODEL_ALIAS} | {k: info.pop(k, None) for k in keys}
         return out | {"metrics": info, "max_n": MAX_N}
 

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -32,15 +33,17 @@ MAX_N = 32
 def make_champion(root: Path, uri: str) -> dict:
     """Train a tiny generator, log it as an MLflow run, register it and point @champion at it."""
     d = prepare(DataParams(image_size=16, limit=64))
-    p = GanParams(latent_dim=8, ngf=4, ndf=4, batch_size=16, steps=3, sample_every=3, checkpoint_every=3)
+    p = GanParams(latent_dim=8, ngf=4, ndf=4, batch_size=16, steps=3, sample_every=3, checkpoint_every=3,
+                  conditional=True)  # fmt: skip
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         with start_run(parse_params({}), entry_point="test", data_hash="h" * 64, root=root) as run:
-            r = train_gan(d.images, p, root / "gan", progress=False)
+            r = train_gan(d.images, p, root / "gan", labels=d.labels, progress=False)
             run.log_artifacts(r.export, "checkpoint")
         facts = register_generator(run.run_id, "ganops-generator",
                                    {"dataset_hash": manifest(d)["content_hash"], "extractor": "test", "domain_fid": 1.5})  # fmt: skip
         set_alias("ganops-generator", "champion", facts["version"])
+        facts["root"] = root
         register_style_net(root)
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
@@ -120,6 +123,27 @@ def test_png_list_and_determinism(server):
     assert d["images"] == a["images"][:2]
 
 
+def test_label_asks_a_conditional_champion_for_one_class(server, tmp_path):
+    from ganops.models.gan import load_generator, noise_for_class
+
+    base, facts = server
+    sevens = post(base, "/generate", json={"n": 6, "seed": 9, "label": 7, "format": "png_list"}).json()
+    again = post(base, "/generate", json={"n": 6, "seed": 9, "label": 7, "format": "png_list"}).json()
+    assert sevens == again
+    # what was served is the champion's G on the seed's noise moved into class 7, pixel for pixel
+    G = load_generator(facts["root"] / "gan" / "final")
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        want = ((G(noise_for_class(z, torch.full((6,), 7), G.cfg.class_counts)) + 1) * 127.5).round()
+    got = torch.stack(
+        [torch.from_numpy(np.array(Image.open(io.BytesIO(base64.b64decode(b))))) for b in sevens["images"]]
+    ).float()  # (6, S, S): grey PNGs
+    assert (got - want[:, 0]).abs().max() <= 1
+    assert G.labels_for(noise_for_class(z, torch.full((6,), 7), G.cfg.class_counts)).eq(7).all()
+    info = post(base, "/model", json={}).json()
+    assert len(info["class_counts"]) == 10 and "class_counts" not in info["metrics"]
+
+
 def test_concurrent_small_requests_are_batched_and_correct(server):
     base, _ = server
     seeds = list(range(100, 140))
@@ -156,6 +180,9 @@ BAD = [
     ({"json": {"seed": -1}}, 400),
     ({"json": {"seed": "abc"}}, 400),
     ({"json": [1, 2, 3]}, 400),
+    ({"json": {"label": 10}}, 400),  # the champion knows classes 0..9
+    ({"json": {"label": -1}}, 400),
+    ({"json": {"label": "seven"}}, 400),
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
     ({"content": b"\xff\xfe\x00garbage", "headers": {"content-type": "application/json"}}, 400),
     ({"content": b"x" * 200_000, "headers": {"content-type": "application/json"}}, 413),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ganops.checkpoint import atomic_write
-from ganops.models.gan import GANConfig, MinibatchStd, build, ema_update, load_generator
+from ganops.models.gan import GANConfig, MinibatchStd, build, ema_update, load_generator, noise_for_class
 
 
 @pytest.mark.parametrize("size,channels", [(32, 1), (32, 3), (64, 3), (64, 1), (16, 1)])
@@ -143,3 +143,20 @@ def test_unconditional_pair_refuses_classes_and_config_round_trips(tmp_path):
     assert GANConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg  # what config.json gives back
     G, D = build(cfg)
     assert D(G.pyramid(torch.randn(3, 8)), torch.tensor([0, 1, 1])).shape == (3,)
+
+
+def test_noise_for_class_moves_only_z0_into_the_class():
+    counts = (50, 150, 300)
+    G, _ = build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, class_counts=counts))
+    z = torch.randn(3000, 8)
+    z[:3, 0] = torch.tensor([-40.0, 40.0, 0.0])  # the far tails stay in their class too
+    for k in range(3):
+        moved = noise_for_class(z, torch.full((3000,), k), counts)
+        assert G.labels_for(moved).eq(k).all() and torch.equal(moved[:, 1:], z[:, 1:])
+    # z[0] keeps its order within the class: the same seed gives a comparable "style" across classes
+    moved = noise_for_class(z[3:], torch.ones(2997, dtype=torch.long), counts)
+    assert (moved[z[3:, 0].argsort(), 0].diff() >= 0).all()  # monotone in z[0]
+    with pytest.raises(ValueError, match="0..2"):
+        noise_for_class(z, torch.full((3000,), 3), counts)
+    with pytest.raises(ValueError, match="unconditional"):
+        noise_for_class(z, torch.zeros(3000, dtype=torch.long), ())

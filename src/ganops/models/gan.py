@@ -22,6 +22,7 @@ Options (all stored in :class:`GANConfig`, so a checkpoint rebuilds the nets tha
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,8 +100,7 @@ class Generator(nn.Module):
         self.heads = nn.ModuleList(
             [nn.Sequential(nn.Conv2d(c, cfg.channels, 1), nn.Tanh()) for c in ch] if cfg.arch == "msg" else []
         )
-        counts = torch.tensor(cfg.class_counts or (1,), dtype=torch.float64)
-        self._cdf = (counts.cumsum(0) / counts.sum()).float()  # (K,): class frequencies, cumulated
+        self._cdf = class_cdf(cfg.class_counts or (1,))
 
     def labels_for(self, z: torch.Tensor) -> torch.Tensor:
         """The class G draws for each noise vector: z[0]'s normal CDF through the class frequencies, (B,).
@@ -108,7 +108,7 @@ class Generator(nn.Module):
         z ~ N(0, I) gives classes in the training data's proportions; the same z always gives the same class.
         """
         u = torch.special.ndtr(z.flatten(1)[:, 0].float())  # (B,) uniform in (0, 1)
-        cdf = self._cdf.to(z.device)
+        cdf = self._cdf.float().to(z.device)
         return torch.searchsorted(cdf, u.contiguous(), right=True).clamp_(max=len(cdf) - 1)
 
     def _input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -144,6 +144,40 @@ class Generator(nn.Module):
             out.append(head(h))  # (B, C, 4*2^i, 4*2^i)
         out.append(self.main[-2:](h))  # (B, C, S, S)
         return out
+
+
+def class_cdf(class_counts: Sequence[int]) -> torch.Tensor:
+    """(K,) float64: the class frequencies, cumulated (the last entry is 1)."""
+    counts = torch.tensor(list(class_counts), dtype=torch.float64)
+    return counts.cumsum(0) / counts.sum()
+
+
+def noise_for_class(z: torch.Tensor, labels: torch.Tensor, class_counts: Sequence[int]) -> torch.Tensor:
+    """``z`` (B, Z) with z[:, 0] moved so that a conditional G draws class ``labels`` (B,) from it.
+
+    z[0]'s normal CDF u is squeezed into the class's interval of the CDF: z[0] stays distributed as it is
+    for that class, the rest of z is untouched (same seed, other class -> the same "style"), and no
+    randomness is added, so the result is as reproducible as z. What serving uses for a requested class.
+
+    Raises:
+        ValueError: the generator is unconditional (no ``class_counts``), or a label is out of range.
+    """
+    K = len(class_counts)
+    if not K:
+        raise ValueError("this generator is unconditional: it takes no class")
+    y = labels.long()
+    if len(y) and (y.min() < 0 or y.max() >= K):
+        raise ValueError(f"class must be in 0..{K - 1}")
+    cdf = class_cdf(class_counts)
+    hi = cdf[y]  # (B,)
+    lo = torch.where(y > 0, cdf[(y - 1).clamp(min=0)], torch.zeros_like(hi))
+    u = lo + torch.special.ndtr(z[:, 0].double()) * (hi - lo)
+    # keep clear of the interval's ends, where float32 rounding could tip z[0] into a neighbour class
+    margin = (hi - lo) * 1e-4
+    u = torch.minimum(torch.maximum(u, lo + margin), hi - margin)
+    out = z.clone()
+    out[:, 0] = torch.special.ndtri(u).to(z.dtype)
+    return out
 
 
 class Discriminator(nn.Module):
@@ -195,7 +229,9 @@ class Discriminator(nn.Module):
         if self.mbstd is not None:
             h = self.mbstd(h)  # (B, ... + 1, 4, 4)
         logits = self.out(h).flatten()  # (B,)
-        if self.embed is not None and labels is not None:  # + <embed(y), sum over 4x4 of h>: (B, F) . (B, F) -> (B,)
+        if (
+            self.embed is not None and labels is not None
+        ):  # + <embed(y), sum over 4x4 of h>: (B, F) . (B, F) -> (B,)
             logits = logits + (self.embed(labels.to(h.device).long()) * h.sum((2, 3))).sum(1)
         return logits
 
