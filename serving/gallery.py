@@ -1,4 +1,5 @@
-"""A small gallery page, mounted at /ui: a seed box and a Generate button that call the API."""
+"""A small gallery page, mounted at /ui: a seed box (and a class menu for a class-conditional champion)
+and a Generate button that call the API."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PAGE = """<!doctype html>
 <p id="model">loading model info...</p>
 <label>seed <input id="seed" type="number" min="0" placeholder="random"></label>
 <label>images <input id="n" type="number" min="1" value="16"></label>
+<label id="classbox" hidden>class <select id="label"><option value="">any</option></select></label>
 <button id="generate">Generate</button>
 <div id="error"></div>
 <img id="grid" alt="generated samples" hidden>
@@ -32,17 +34,21 @@ async function loadModel() {
     ? `serving ${m.name} v${m.version} (@${m.alias}), run ${m.run_id.slice(0, 8)}, ${m.image_size}px, max ${m.max_n} images`
     : "model info unavailable";
   $("n").max = m.max_n || 64;
+  (m.class_counts || []).forEach((_, k) => $("label").add(new Option(String(k), String(k))));
+  $("classbox").hidden = !(m.class_counts || []).length;
 }
 async function generate() {
   $("error").textContent = "";
   const body = {n: Number($("n").value || 16), format: "grid"};
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if ($("label").value !== "") body.label = Number($("label").value);
   const r = await fetch("../generate", {method: "POST", headers: {"Content-Type": "application/json"},
                                         body: JSON.stringify(body)});
   if (!r.ok) { $("error").textContent = `error ${r.status}: ${await r.text()}`; return; }
   const url = URL.createObjectURL(await r.blob());
   $("grid").src = url; $("grid").hidden = false;
-  $("info").textContent = `seed ${r.headers.get("X-Seed")}, ${body.n} images`;
+  $("info").textContent = `seed ${r.headers.get("X-Seed")}, ${body.n} images`
+    + ("label" in body ? `, class ${body.label}` : "");
 }
 $("generate").addEventListener("click", generate);
 loadModel();

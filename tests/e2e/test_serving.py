@@ -228,7 +228,7 @@ def test_gallery_page_generates_in_a_real_browser(server, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     base, _ = server
     opts = webdriver.ChromeOptions()
@@ -244,6 +244,7 @@ def test_gallery_page_generates_in_a_real_browser(server, tmp_path):
             lambda d: "serving ganops-generator" in d.find_element(By.ID, "model").text
         )
         driver.find_element(By.ID, "seed").send_keys("7")
+        Select(driver.find_element(By.ID, "label")).select_by_visible_text("3")  # the champion is conditional
         driver.find_element(By.ID, "generate").click()
         img = WebDriverWait(driver, 30).until(
             lambda d: (
@@ -251,7 +252,7 @@ def test_gallery_page_generates_in_a_real_browser(server, tmp_path):
             )
         )
         assert int(img.get_attribute("naturalWidth")) == 4 * 18 + 2  # 16 images, 16 px tiles
-        assert "seed 7" in driver.find_element(By.ID, "info").text
+        assert "seed 7, 16 images, class 3" in driver.find_element(By.ID, "info").text
         driver.save_screenshot(str(tmp_path / "gallery.png"))
     finally:
         driver.quit()
