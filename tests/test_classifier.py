@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ganops.classifier import load_classifier, save_classifier, train_classifier
+from ganops.classifier import confident_share, load_classifier, outliers, save_classifier, train_classifier
 from ganops.config import ClassifierParams, DataParams
 from ganops.data import prepare
 
@@ -17,6 +17,7 @@ def test_learns_digits_and_reports_holdout_accuracy(digits16):
     )
     assert c.trained and c.extractor == "domain-classifier"
     assert c.info["n_holdout"] == 80 and c.info["holdout_accuracy"] > 0.85
+    assert 0 <= c.info["noise_confident_frac"] <= 1 and 0.5 < c.info["holdout_confident_frac"] <= 1
     assert c.net.cfg.n_classes == 10 and not c.net.training
 
 
@@ -37,3 +38,25 @@ def test_save_load_round_trip(digits16, tmp_path):
     c2 = load_classifier(tmp_path)
     x = torch.rand(3, 1, 16, 16) * 2 - 1
     assert torch.equal(c.net(x), c2.net(x)) and c2.info["data_hash"] == "h" and c2.extractor == c.extractor
+
+
+def test_outliers_are_noise_blobs_and_shuffled_reals():
+    real = torch.rand(16, 3, 16, 16) * 2 - 1
+    o = outliers(real, torch.Generator().manual_seed(0))
+    assert o.shape == (3 * 2, 3, 16, 16) and o.min() >= -1 and o.max() <= 1
+    # the shuffled ones keep each real image's pixel values, in another order
+    shuffled, src = o[4:], real[:2]
+    assert torch.equal(shuffled.flatten(1).sort(1).values, src.flatten(1).sort(1).values)
+    assert not torch.equal(shuffled, src)
+    assert torch.equal(o, outliers(real, torch.Generator().manual_seed(0)))  # drawn only from the generator
+    assert outliers(real[:3], torch.Generator()).shape[0] == 3  # at least one of each kind
+
+
+def test_outlier_exposure_makes_noise_unconfident_and_keeps_accuracy(digits16):
+    p = ClassifierParams(epochs=12, batch_size=32, outlier_weight=0.5, lr_schedule="cosine")
+    c = train_classifier(digits16.images, digits16.labels, p, progress=False)
+    assert c.info["holdout_accuracy"] > 0.85 and c.info["outlier_weight"] == 0.5
+    assert c.info["noise_confident_frac"] <= 0.02
+    fresh = torch.rand(200, 1, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    assert confident_share(c.net, fresh) <= 0.05
+    assert 0.5 < c.info["holdout_confident_frac"] <= 1  # still sure about most real digits

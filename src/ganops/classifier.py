@@ -1,7 +1,11 @@
 """Stage `classifier`: train the domain classifier that `evaluate` measures generators with.
 
 Labelled data (two classes or more): a small CNN trained on the prepared real images, with a held-out
-accuracy so its numbers can be trusted. Unlabelled data: no training — a seeded random-weight CNN of the
+accuracy so its numbers can be trusted, and two checks of what its confidence means: the share of held-out
+real images and the share of synthetic non-images (noise, blobs, shuffled pixels) it is confident (>= 0.9)
+about. A plain CNN is often sure that noise is a digit; ``outlier_weight`` > 0 trains it towards a uniform
+softmax on such non-images (outlier exposure, Hendrycks et al. 2019), best with more epochs and
+``lr_schedule: cosine`` (BENCHMARKS.md). Unlabelled data: no training — a seeded random-weight CNN of the
 same shape serves as a documented, offline feature extractor (random-feature FID: coarser than a trained
 extractor, but deterministic and comparable between runs on the same data). Its name is logged with
 every number computed from it.
@@ -36,6 +40,33 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(127.5).sub(1.0)
 
 
+CONFIDENT = 0.9  # the confidence threshold behind confident_frac, here and in evaluate
+
+
+def outliers(real: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Synthetic non-images like ``real`` (B, C, S, S) in [-1, 1]: 3 x max(1, B // 8) of them, on the CPU.
+
+    Uniform noise; smooth blobs (noise at 4 or 8 px, upscaled bilinearly); real images with their pixels
+    shuffled (the right intensities, no shape).
+    """
+    B, C, S, _ = real.shape
+    k = max(1, B // 8)
+    noise = torch.rand(k, C, S, S, generator=g) * 2 - 1
+    side = min(S, 4 * 2 ** int(torch.randint(0, 2, (1,), generator=g)))
+    blobs = F.interpolate(torch.rand(k, C, side, side, generator=g), size=S, mode="bilinear") * 2 - 1
+    flat = real[:k].detach().cpu().flatten(1)  # (k, C*S*S)
+    shuffled = flat[:, torch.randperm(flat.shape[1], generator=g)].view(-1, C, S, S)
+    return torch.cat([noise, blobs, shuffled])
+
+
+@torch.no_grad()
+def confident_share(net: DomainClassifier, x: torch.Tensor, batch_size: int = 512) -> float:
+    """Share of ``x`` (float in [-1, 1]) the net classifies with max softmax >= CONFIDENT."""
+    dev = next(net.parameters()).device
+    conf = torch.cat([net(c.to(dev)).softmax(1).max(1).values.cpu() for c in x.split(batch_size)])
+    return float((conf >= CONFIDENT).double().mean())
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -65,6 +96,12 @@ def train_classifier(
     hold, train = perm[:n_hold], perm[n_hold:]
     opt = torch.optim.Adam(net.parameters(), lr=p.lr)
     steps = max(1, len(train) // p.batch_size)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs * steps)
+        if p.lr_schedule == "cosine"
+        else None
+    )
+    odd = torch.Generator().manual_seed(seed + 99)  # the outliers' draws
     bar = tqdm(total=p.epochs * steps, desc="classifier", unit="step", disable=not progress, mininterval=1.0)
     for epoch in range(p.epochs):
         order = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1 + epoch))]
@@ -74,10 +111,20 @@ def train_classifier(
             x = to_float(images[idx]).to(device)  # (B, C, S, S)
             # light augmentation (1-px shifts) so the classifier judges shapes, not exact pixels
             x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,)).tolist()), dims=(2, 3))
-            loss = F.cross_entropy(net(x), labels[idx].to(device))
+            y = labels[idx].to(device)
+            if p.outlier_weight > 0:  # one forward pass for both, so BatchNorm's statistics cover both
+                o = outliers(x, odd).to(device)  # (O, C, S, S)
+                logits = net(torch.cat([x, o]))  # (B + O, K)
+                # cross-entropy against the uniform distribution: -mean_k log softmax_k
+                loss = F.cross_entropy(logits[: len(x)], y)
+                loss = loss - p.outlier_weight * logits[len(x) :].log_softmax(1).mean()
+            else:
+                loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
@@ -87,6 +134,11 @@ def train_classifier(
             pred = torch.cat([net(to_float(images[c]).to(device)).argmax(1).cpu() for c in hold.split(512)])
         info["holdout_accuracy"] = float((pred == labels[hold]).float().mean())
         info["n_holdout"] = n_hold
+        info["holdout_confident_frac"] = confident_share(net, to_float(images[hold]))
+    # the yardstick's own check: how often is it sure that noise is one of its classes? (should be ~0)
+    g = torch.Generator().manual_seed(seed + 98)
+    info["noise_confident_frac"] = confident_share(net, outliers(to_float(images[:512]), g))
+    info["outlier_weight"] = p.outlier_weight
     return Classifier(net, "domain-classifier", True, info)
 
 

@@ -98,6 +98,8 @@ class ClassifierParams(_Group):
     width: int = Field(16, ge=4)
     features: int = Field(64, ge=2)
     holdout: float = Field(0.1, ge=0, lt=1)
+    outlier_weight: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
 class EvaluateParams(_Group):

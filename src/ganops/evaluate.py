@@ -26,7 +26,7 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ganops.classifier import Classifier, to_float
+from ganops.classifier import CONFIDENT, Classifier, to_float
 from ganops.config import EvaluateParams
 from ganops.models.classifier import FeatureExtractor
 from ganops.models.gan import Generator
@@ -74,7 +74,7 @@ def class_stats(probs: torch.Tensor, real_hist: torch.Tensor, min_frac: float) -
         "coverage": int((hist >= min_frac).sum()),
         "kl": kl,
         "mean_confidence": float(conf.mean()),
-        "confident_frac": float((conf >= 0.9).double().mean()),
+        "confident_frac": float((conf >= CONFIDENT).double().mean()),
     }
 
 
