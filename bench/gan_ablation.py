@@ -9,6 +9,8 @@ samples, and the wall time of training. Variants are params overrides on top of 
     python bench/gan_ablation.py                                      # digits, every variant
     python bench/gan_ablation.py --source mnist --root <dir holding MNIST/raw>   # the MNIST test split
     python bench/gan_ablation.py --limit 200 --variants baseline,diffaugment,default   # small data
+    python bench/gan_ablation.py --variants baseline,default --also-classifier outlier_weight=0.5 ...
+        # every generator also scored by a second yardstick (classifier params overridden): also_* columns
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def run_variant(name: str, p: GanParams, train: tuple[torch.Tensor, torch.Tensor], images: torch.Tensor,
-                labels: torch.Tensor, clf: Any, seed: int) -> dict[str, Any]:  # fmt: skip
-    """Train on ``train`` (images, labels), score against ``images``/``labels`` (the whole dataset)."""
+                labels: torch.Tensor, clf: Any, seed: int, also: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Train on ``train`` (images, labels), score against ``images``/``labels`` (the whole dataset).
+
+    ``also``: a second classifier; its scores of the same samples are added as ``also_*``.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         r = train_gan(train[0], p, tmp, labels=train[1], seed=seed, progress=False)
@@ -63,11 +68,17 @@ def run_variant(name: str, p: GanParams, train: tuple[torch.Tensor, torch.Tensor
         G = load_generator(Path(tmp) / "final")
         n = len(images) // 2
         fake = generate(G, n, seed=seed + 1)
-        m = evaluate_samples(images, labels, fake, clf, EvaluateParams(), seed=seed,
-                             fake_labels=asked_classes(G, n, seed=seed + 1))  # fmt: skip
+        asked = asked_classes(G, n, seed=seed + 1)
+        m = evaluate_samples(images, labels, fake, clf, EvaluateParams(), seed=seed, fake_labels=asked)
+        m2 = (
+            evaluate_samples(images, labels, fake, also, EvaluateParams(), seed=seed, fake_labels=asked)
+            if also
+            else {}
+        )
     keep = ("domain_fid", "baseline_fid", "coverage", "n_classes", "kl", "confident_frac", "mean_confidence",
             "baseline_confident_frac", "label_agreement")  # fmt: skip
     row = {"variant": name, **{k: m[k] for k in keep if k in m}, "train_seconds": round(seconds, 1)}
+    row |= {f"also_{k}": m2[k] for k in keep if k in m2}
     row |= {"d_skipped": r.counters.get("d_skipped", 0), "nan_rollbacks": r.counters.get("nan_rollbacks", 0)}
     return row
 
@@ -100,6 +111,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="where `default` comes from")
     ap.add_argument("--set", action="append", default=[], help="extra gan.key=value for every variant")
+    ap.add_argument(
+        "--also-classifier",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="score every generator with a second classifier too, these classifier params changed",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--time-steps", type=int, default=100, help="steps per timing round (0 = no timing pass)")
     ap.add_argument("--time-rounds", type=int, default=3)
@@ -127,6 +145,13 @@ def main() -> None:
         if a.timing_only
         else train_classifier(images, labels, ClassifierParams(), seed=a.seed, progress=False)
     )
+    also = None
+    if a.also_classifier and not a.timing_only:
+        cp = {
+            k.removeprefix("classifier."): yaml.safe_load(v)
+            for k, v in (kv.split("=", 1) for kv in a.also_classifier)
+        }
+        also = train_classifier(images, labels, ClassifierParams(**cp), seed=a.seed, progress=False)
     extra = {}
     for kv in a.set:
         k, v = kv.removeprefix("gan.").split("=", 1)
@@ -142,7 +167,7 @@ def main() -> None:
     for name, p in params.items():
         if a.timing_only:
             break
-        row = run_variant(name, p, (train_images, train_labels), images, labels, clf, a.seed)
+        row = run_variant(name, p, (train_images, train_labels), images, labels, clf, a.seed, also)
         rows.append(row)
         print(json.dumps(row), flush=True)
     timing = (
@@ -163,7 +188,8 @@ def main() -> None:
         },
         "steps": a.steps,
         "image_size": a.size,
-        "classifier_holdout_accuracy": clf.info.get("holdout_accuracy") if clf else None,
+        "classifier": clf.info if clf else None,
+        "also_classifier": {"params": a.also_classifier, **also.info} if also else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
