@@ -175,6 +175,8 @@ def test_conditional_needs_labels_auto_follows_them(images, labels, tmp_path):
         train_gan(
             images, tiny(conditional=True), tmp_path, labels=torch.cat([labels[:-1], torch.tensor([-1])])
         )
+    with pytest.raises(ValueError, match="40 images but 39 labels"):
+        train_gan(images, tiny(conditional=True), tmp_path, labels=labels[:-1])
     unlabelled = train_gan(images, tiny(conditional="auto"), tmp_path / "u", progress=False)
     assert load_generator(unlabelled.export).cfg.n_classes == 0
     labelled = train_gan(images, tiny(conditional="auto"), tmp_path / "l", labels=labels, progress=False)

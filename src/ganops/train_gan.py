@@ -206,6 +206,8 @@ def train_gan(
     steps_per_epoch = N // (B * world_size)
     if steps_per_epoch == 0:
         raise ValueError(f"gan.batch_size {B} x {world_size} process(es) exceeds the {N} images: lower it")
+    if labels is not None and len(labels) != N:
+        raise ValueError(f"{N} images but {len(labels)} labels")
     settings = settings_for(images, p, seed, data_hash, labels)
     cfg = GANConfig(**settings["model"])
     conditional = cfg.n_classes > 0
