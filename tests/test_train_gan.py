@@ -1,8 +1,10 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ganops.checkpoint import load_checkpoint
 from ganops.config import GanParams
@@ -195,7 +197,7 @@ def test_conditional_generator_draws_the_class_it_is_asked_for(tmp_path):
     bright = torch.randint(215, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=g)
     images, labels = torch.cat([dark, bright]), torch.tensor([0] * 32 + [1] * 32)
     p = tiny(steps=300, checkpoint_every=300, sample_every=300, ngf=8, ndf=8, lr_g=1e-3, lr_d=1e-3,
-             conditional=True, loss="hinge")  # fmt: skip
+             conditional=True, loss="hinge", n_samples=6)  # fmt: skip
     G = load_generator(train_gan(images, p, tmp_path, labels=labels, progress=False).export)
     z = torch.randn(64, 8)
     with torch.no_grad():
@@ -204,6 +206,12 @@ def test_conditional_generator_draws_the_class_it_is_asked_for(tmp_path):
             G(z, torch.ones(64, dtype=torch.long)),
         )
     assert asked_dark.mean() < -0.5 < 0.5 < asked_bright.mean()  # the data: about -0.84 and +0.84
+    # the sample grid reads class by class: one column per class (2 px padding around 16 px tiles)
+    grid = Image.open(tmp_path / "final" / "samples.png")
+    assert grid.size == (2 + 2 * 18, 2 + 3 * 18)  # 6 samples: 2 columns (classes) x 3 rows, not 3 x 2
+    px = torch.from_numpy(np.array(grid.convert("L"))).float()
+    left, right = px[:, 2:18].mean(), px[:, 20:36].mean()
+    assert left < 100 < 150 < right  # column 0 asks for dark images, column 1 for bright ones
     # without a class, G draws one from z, in the data's proportions (half and half here)
     drawn = G.labels_for(torch.randn(4000, 8))
     assert 0.45 < drawn.double().mean() < 0.55

@@ -141,11 +141,11 @@ def _finite(*nets: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for net in nets for t in net.parameters())
 
 
-def _grid_png(x: torch.Tensor) -> bytes:
+def _grid_png(x: torch.Tensor, cols: int = 0) -> bytes:
+    """(N, C, S, S) in [-1, 1] -> PNG of a grid, ``cols`` images per row (0: as square as N allows)."""
     buf = io.BytesIO()
-    save_image(
-        make_grid(x, nrow=math.ceil(math.sqrt(len(x))), normalize=True, value_range=(-1, 1)), buf, "png"
-    )
+    nrow = cols or math.ceil(math.sqrt(len(x)))
+    save_image(make_grid(x, nrow=nrow, normalize=True, value_range=(-1, 1)), buf, "png")
     return buf.getvalue()
 
 
@@ -226,6 +226,8 @@ def train_gan(
     # Fixed noise: the same z every grid, so grids are comparable across steps and runs.
     fixed_z = torch.randn(p.n_samples, p.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1))
     fixed_z = fixed_z.to(device)
+    # conditional: one column per class (image i asks for class i mod K), so a grid reads class by class
+    fixed_y = torch.arange(p.n_samples, device=device) % cfg.n_classes if conditional else None
     noise = torch.Generator().manual_seed(seed + 2)  # training noise, drawn on CPU for device independence
     aug_rng = torch.Generator().manual_seed(seed + 3)  # DiffAugment's draws
     data = images.to(device)
@@ -296,9 +298,9 @@ def train_gan(
         g = sampler()
         g.eval()  # what serving will see: BatchNorm on running statistics
         with torch.no_grad():
-            x = g(fixed_z).float().cpu()  # (n_samples, C, S, S) in [-1, 1]
+            x = g(fixed_z, fixed_y).float().cpu()  # (n_samples, C, S, S) in [-1, 1]
         G.train()
-        path = atomic_write(out / "samples" / f"step_{step:06d}.png", _grid_png(x))
+        path = atomic_write(out / "samples" / f"step_{step:06d}.png", _grid_png(x, cfg.n_classes))
         if on_sample and notify:
             on_sample(step, path)
         return path
