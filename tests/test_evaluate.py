@@ -123,12 +123,19 @@ def test_frechet_known_values_and_agreement_with_torchmetrics(digits):
 
 
 class _Replay(torch.nn.Module):
-    """A 'generator' that returns stored images, in order: lets the monitor score known samples."""
+    """A 'generator' that returns stored images, in order: lets the monitor score known samples.
 
-    def __init__(self, x):
+    With ``asked`` it poses as a conditional G that was asked for those classes.
+    """
+
+    def __init__(self, x, asked=None):
         super().__init__()
-        self.x, self.i = x, 0
-        self.cfg = GANConfig(image_size=x.shape[-1], latent_dim=4)
+        self.x, self.i, self.asked = x, 0, asked
+        counts = (1,) * 10 if asked is not None else ()
+        self.cfg = GANConfig(image_size=x.shape[-1], latent_dim=4, class_counts=counts)
+
+    def labels_for(self, z):
+        return self.asked[: len(z)]
 
     def forward(self, z):
         out = self.x[self.i : self.i + len(z)]
@@ -145,3 +152,8 @@ def test_monitor_scores_like_evaluate_and_flags_collapse(digits):
     bad = mon(_Replay(sevens[torch.arange(400) % len(sevens)]))
     assert bad["coverage"] == 1 and bad["mode_collapse"] and bad["kl"] > 2.0
     assert bad["domain_fid"] > 10 * good["domain_fid"]
+    assert "label_agreement" not in good  # an unconditional G
+    idx = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(2))[:400]
+    x, y = to_float(d.images[idx]), d.labels[idx]
+    assert mon(_Replay(x, asked=y))["label_agreement"] > 0.9
+    assert mon(_Replay(x, asked=(y + 1) % 10))["label_agreement"] < 0.1

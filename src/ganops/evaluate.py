@@ -173,7 +173,8 @@ class Monitor:
     Real statistics (class histogram, feature mean/covariance) are computed once; each call generates ``n``
     samples with fixed noise and returns domain_fid (in the classifier's feature space; with few samples it
     reads higher than the evaluate stage's, compare it only with itself), and on labelled data coverage, kl,
-    confident_frac and mode_collapse (coverage < K or KL > ``p.kl_threshold``).
+    confident_frac and mode_collapse (coverage < K or KL > ``p.kl_threshold``), and for a class-conditional
+    G over the same classes label_agreement.
     """
 
     def __init__(self, real: torch.Tensor, labels: torch.Tensor, clf: Classifier, p: EvaluateParams, *,
@@ -192,10 +193,13 @@ class Monitor:
         mu, sigma = _gauss(torch.cat([self.ext(c) for c in fake.split(self.p.batch_size)]))
         m: dict[str, Any] = {"domain_fid": frechet(self.mu, self.sigma, mu, sigma)}
         if self.real_hist is not None:
-            m |= class_stats(
-                _probs(self.clf.net, fake, self.p.batch_size), self.real_hist, self.p.coverage_min_frac
-            )
+            probs = _probs(self.clf.net, fake, self.p.batch_size)  # (n, K)
+            m |= class_stats(probs, self.real_hist, self.p.coverage_min_frac)
             m["mode_collapse"] = collapsed(m, len(self.real_hist), self.p)
+            same_classes = getattr(G.cfg, "n_classes", 0) == len(self.real_hist)
+            asked = asked_classes(G, self.n, seed=self.seed) if same_classes else None  # type: ignore[arg-type]
+            if asked is not None:
+                m["label_agreement"] = float((probs.argmax(1) == asked).double().mean())
         return m
 
 
