@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
+
+
+class PortTaken(RuntimeError):
+    """Something that does not speak HTTP answers on the port we picked."""
 
 
 def free_port() -> int:
@@ -24,6 +30,8 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
                     return
         except OSError:
             pass
+        except http.client.HTTPException as err:  # e.g. a ZeroMQ greeting (b"\xff...\x7f"): not our server
+            raise PortTaken(f"{url}: a non-HTTP service answers there ({err!r})") from None
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
         if time.time() > deadline:
@@ -38,3 +46,25 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def start_server(
+    launch: Callable[[int], subprocess.Popen], path: str, *, timeout: float = 120, attempts: int = 3
+) -> tuple[subprocess.Popen, int]:
+    """``launch(port)`` on a free loopback port until ``http://127.0.0.1:<port><path>`` answers 200.
+
+    Picking a free port and the server binding it is a race: another process can take the port in between
+    (BentoML's own ZeroMQ control sockets were seen doing so). If a non-HTTP service answers there, or the
+    server dies before answering, it is stopped and started again on another port, ``attempts`` times.
+    """
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        proc = launch(port)
+        try:
+            wait_http(f"http://127.0.0.1:{port}{path}", proc, timeout)
+            return proc, port
+        except (PortTaken, RuntimeError):
+            stop(proc)
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

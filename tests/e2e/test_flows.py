@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from tests.e2e.project import new_project, project_env, sh
-from tests.e2e.servers import free_port, stop, wait_http
+from tests.e2e.servers import start_server, stop
 
 pytestmark = pytest.mark.e2e
 TINY = ["gan.steps=4", "gan.batch_size=8", "gan.ngf=4", "gan.ndf=4", "gan.latent_dim=8", "gan.sample_every=4",
@@ -48,15 +48,18 @@ def project(tmp_path_factory):
     sh(["git", "add", "-A"], d, env)
     sh(["git", "commit", "-qm", "v2"], d, env)
 
-    port = free_port()
-    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     tmp.mkdir()
     with open(tmp / "server.log", "w") as slog, open(tmp / "serve.log", "w") as flog:
-        server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                  cwd=d, env=env, stdout=slog, stderr=subprocess.STDOUT)  # fmt: skip
+
+        def launch(port: int) -> subprocess.Popen:
+            return subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                    cwd=d, env=env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
+                                    stdout=slog, stderr=subprocess.STDOUT)  # fmt: skip
+
+        server, port = start_server(launch, "/api/health")
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         served = None
         try:
-            wait_http(f"http://127.0.0.1:{port}/api/health", server, timeout=120)
             served = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=d, env=env, stdout=flog,
                                       stderr=subprocess.STDOUT)  # fmt: skip
             yield d, env, tmp

@@ -22,7 +22,7 @@ from ganops.config import DataParams, GanParams, parse_params
 from ganops.data import manifest, prepare
 from ganops.tracking import register_generator, set_alias, start_run
 from ganops.train_gan import train_gan
-from tests.e2e.servers import free_port, stop, wait_http
+from tests.e2e.servers import start_server, stop
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,16 +78,18 @@ def server():
     tmp = Path(tempfile.mkdtemp(prefix="ganops-serve-"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     facts = make_champion(tmp, uri)
-    port = free_port()
     env = os.environ | {"MLFLOW_TRACKING_URI": uri, "GANOPS_MAX_N": str(MAX_N), "BENTOML_DO_NOT_TRACK": "true",
                         "BENTOML_HOME": str(tmp / "bentoml"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
     with open(tmp / "serve.log", "w") as log:
-        proc = subprocess.Popen(
-            ["bentoml", "serve", "serving.service:GanService", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+
+        def launch(port: int) -> subprocess.Popen:
+            return subprocess.Popen(
+                ["bentoml", "serve", "serving.service:GanService", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+        proc, port = start_server(launch, "/readyz")
         try:
-            wait_http(f"http://127.0.0.1:{port}/readyz", proc)
             yield f"http://127.0.0.1:{port}", facts
         finally:
             stop(proc)
