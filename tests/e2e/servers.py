@@ -54,7 +54,7 @@ def start_server(
     """``launch(port)`` on a free loopback port until ``http://127.0.0.1:<port><path>`` answers 200.
 
     Picking a free port and the server binding it is a race: another process can take the port in between
-    (BentoML's own ZeroMQ control sockets were seen doing so). If a non-HTTP service answers there, or the
+    (in CI a socket answering with ZeroMQ's greeting did so — BentoML's process manager uses ZeroMQ). If a non-HTTP service answers there, or the
     server dies before answering, it is stopped and started again on another port, ``attempts`` times.
     """
     for attempt in range(1, attempts + 1):

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.servers import PortTaken, start_server, wait_http
 
-ZMQ_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f"  # what BentoML's ZeroMQ sockets answered on a taken port
+ZMQ_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f"  # what answered on a taken port in CI
 
 
 def _not_http(port: int) -> socket.socket:
