@@ -68,7 +68,7 @@ def run_variant(name: str, p: GanParams, train: tuple[torch.Tensor, torch.Tensor
         G = load_generator(Path(tmp) / "final")
         n = len(images) // 2
         fake = generate(G, n, seed=seed + 1)
-        asked = asked_classes(G, n, seed=seed + 1)
+        asked = asked_classes(G, n, seed=seed + 1, n_classes=clf.net.cfg.n_classes)
         m = evaluate_samples(images, labels, fake, clf, EvaluateParams(), seed=seed, fake_labels=asked)
         m2 = (
             evaluate_samples(images, labels, fake, also, EvaluateParams(), seed=seed, fake_labels=asked)

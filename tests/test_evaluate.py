@@ -55,10 +55,14 @@ def test_label_agreement_counts_samples_of_the_class_asked_for(digits):
 
 def test_asked_classes_are_those_behind_generate():
     G, _ = build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, class_counts=(3, 3)))
-    asked = asked_classes(G, 40, seed=5)
+    asked = asked_classes(G, 40, seed=5, n_classes=2)
     with torch.no_grad():
         assert torch.equal(generate(G, 40, seed=5), G(noise(G, 40, 5), asked))
-    assert asked_classes(build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4))[0], 4, seed=5) is None
+    assert asked_classes(G, 40, seed=5, n_classes=10) is None  # classes the classifier does not know
+    assert (
+        asked_classes(build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4))[0], 4, seed=5, n_classes=2)
+        is None
+    )
 
 
 def test_collapsed_sampler_is_flagged(digits):

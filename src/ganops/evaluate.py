@@ -52,9 +52,18 @@ def noise(G: Generator, n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, G.cfg.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed))
 
 
-def asked_classes(G: Generator, n: int, *, seed: int) -> torch.Tensor | None:
-    """The classes a conditional G draws for ``generate(G, n, seed=seed)``'s samples, (n,); None if unconditional."""
-    return G.labels_for(noise(G, n, seed)) if G.cfg.n_classes else None
+def asked_classes(G: Generator, n: int, *, seed: int, n_classes: int) -> torch.Tensor | None:
+    """The classes a conditional G draws for ``generate(G, n, seed=seed)``'s samples, (n,).
+
+    None unless G is conditional over exactly ``n_classes`` classes (the classifier's: no agreement to
+    measure with classes it does not know).
+    """
+    return G.labels_for(noise(G, n, seed)) if G.cfg.n_classes == n_classes > 0 else None
+
+
+def _agreement(probs: torch.Tensor, asked: torch.Tensor) -> float:
+    """Share of samples whose predicted class (argmax of ``probs`` (M, K)) is the one asked for (M,)."""
+    return float((probs.argmax(1) == asked.to(probs.device)).double().mean())
 
 
 @torch.no_grad()
@@ -152,7 +161,7 @@ def evaluate_samples(
                   "baseline_confident_frac": b["confident_frac"]}  # fmt: skip
         m["mode_collapse"] = collapsed(g, K, p)
         if fake_labels is not None:
-            m["label_agreement"] = float((probs.argmax(1) == fake_labels.to(probs.device)).double().mean())
+            m["label_agreement"] = _agreement(probs, fake_labels)
     return m
 
 
@@ -196,10 +205,9 @@ class Monitor:
             probs = _probs(self.clf.net, fake, self.p.batch_size)  # (n, K)
             m |= class_stats(probs, self.real_hist, self.p.coverage_min_frac)
             m["mode_collapse"] = collapsed(m, len(self.real_hist), self.p)
-            same_classes = getattr(G.cfg, "n_classes", 0) == len(self.real_hist)
-            asked = asked_classes(G, self.n, seed=self.seed) if same_classes else None  # type: ignore[arg-type]
+            asked = asked_classes(G, self.n, seed=self.seed, n_classes=len(self.real_hist))  # type: ignore[arg-type]
             if asked is not None:
-                m["label_agreement"] = float((probs.argmax(1) == asked).double().mean())
+                m["label_agreement"] = _agreement(probs, asked)
         return m
 
 

@@ -260,9 +260,7 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     G = load_generator(export, device=device)
     n = p.evaluate.n_samples or len(images) // 2
     fake = generate(G, n, seed=p.base.seed + 1, batch_size=p.evaluate.batch_size, device=device)
-    asked = asked_classes(G, n, seed=p.base.seed + 1)
-    if asked is not None and G.cfg.n_classes != clf.net.cfg.n_classes:
-        asked = None  # classes the classifier does not know: no agreement to measure
+    asked = asked_classes(G, n, seed=p.base.seed + 1, n_classes=clf.net.cfg.n_classes)
     m = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed, fake_labels=asked)
     if p.evaluate.inception:
         m["inception_fid"] = inception_fid(to_float(images), fake)

@@ -123,9 +123,9 @@ class Generator(nn.Module):
         if labels is None:
             y = self.labels_for(z)
         else:
-            y = labels.to(z.device)
-            if len(y) != len(z) or (len(y) and (y.min() < 0 or y.max() >= K)):
-                raise ValueError(f"need one class label in 0..{K - 1} per noise vector")
+            if len(labels) != len(z):
+                raise ValueError(f"{len(z)} noise vectors but {len(labels)} class labels")
+            y = _checked(labels, K).to(z.device)
         onehot = F.one_hot(y.long(), K).to(z.dtype)[:, :, None, None]  # (B, K, 1, 1)
         return torch.cat([z, onehot], 1)
 
@@ -146,6 +146,14 @@ class Generator(nn.Module):
         return out
 
 
+def _checked(labels: torch.Tensor, K: int) -> torch.Tensor:
+    """``labels`` as int64, or a ValueError if one lies outside 0..K-1."""
+    y = labels.long()
+    if len(y) and (y.min() < 0 or y.max() >= K):
+        raise ValueError(f"class labels must lie in 0..{K - 1}")
+    return y
+
+
 def class_cdf(class_counts: Sequence[int]) -> torch.Tensor:
     """(K,) float64: the class frequencies, cumulated (the last entry is 1)."""
     counts = torch.tensor(list(class_counts), dtype=torch.float64)
@@ -162,12 +170,9 @@ def noise_for_class(z: torch.Tensor, labels: torch.Tensor, class_counts: Sequenc
     Raises:
         ValueError: the generator is unconditional (no ``class_counts``), or a label is out of range.
     """
-    K = len(class_counts)
-    if not K:
+    if not class_counts:
         raise ValueError("this generator is unconditional: it takes no class")
-    y = labels.long()
-    if len(y) and (y.min() < 0 or y.max() >= K):
-        raise ValueError(f"class must be in 0..{K - 1}")
+    y = _checked(labels, len(class_counts))
     cdf = class_cdf(class_counts)
     hi = cdf[y]  # (B,)
     lo = torch.where(y > 0, cdf[(y - 1).clamp(min=0)], torch.zeros_like(hi))
@@ -229,9 +234,8 @@ class Discriminator(nn.Module):
         if self.mbstd is not None:
             h = self.mbstd(h)  # (B, ... + 1, 4, 4)
         logits = self.out(h).flatten()  # (B,)
-        if (
-            self.embed is not None and labels is not None
-        ):  # + <embed(y), sum over 4x4 of h>: (B, F) . (B, F) -> (B,)
+        if self.embed is not None and labels is not None:
+            # projection: + <embed(y), sum over 4x4 of h>, (B, F) . (B, F) -> (B,)
             logits = logits + (self.embed(labels.to(h.device).long()) * h.sum((2, 3))).sum(1)
         return logits
 
