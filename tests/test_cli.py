@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from ganops.cli import app
+from tests.conftest import PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -20,7 +21,7 @@ TINY = [
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, isolated_tracking):
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -1,13 +1,38 @@
+from pathlib import Path
+
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from ganops.config import Params, ParamsError, load_params, parse_params
+from tests.conftest import PARAMS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_params_yaml_is_valid():
-    p = load_params("params.yaml")
+    p = load_params(ROOT / "params.yaml")
     assert p.data.source == "digits"
     assert p.gan.lr_d > 0
+
+
+def _keys(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if (
+            isinstance(v, dict) and prefix.count(".") < 1
+        ):  # groups and their keys (dict-valued keys stay whole)
+            out |= _keys(v, f"{prefix}{k}.")
+    return out
+
+
+def test_tests_params_copy_has_the_projects_keys_and_loads():
+    # The suite runs on tests/params.yaml (a fixed copy); it must not drift from the project's schema.
+    project = yaml.safe_load((ROOT / "params.yaml").read_text())
+    fixed = yaml.safe_load(PARAMS.read_text())
+    assert _keys(fixed) == _keys(project), _keys(fixed) ^ _keys(project)
+    load_params(PARAMS)
 
 
 def test_defaults_and_flat_keys():

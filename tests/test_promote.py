@@ -10,6 +10,7 @@ from ganops.cli import app
 from ganops.config import parse_params
 from ganops.promote import decide
 from ganops.tracking import start_run
+from tests.conftest import PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 C = {"run_id": "a", "dataset_hash": "h", "extractor": "x", "domain_fid": 2.0, "coverage": 10}
@@ -55,7 +56,7 @@ def _promote(tmp: Path, run_id: str, fid: float):
 
 
 def test_better_run_becomes_champion_and_a_worse_one_does_not(tmp_path, monkeypatch, isolated_tracking):
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     c = MlflowClient(isolated_tracking)
 
@@ -80,7 +81,7 @@ def test_better_run_becomes_champion_and_a_worse_one_does_not(tmp_path, monkeypa
 
 
 def test_promote_without_evaluation_or_run(tmp_path, monkeypatch, isolated_tracking):
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["promote"])
     assert r.exit_code == 2 and "ganops evaluate" in r.output

@@ -8,7 +8,8 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
@@ -52,9 +53,14 @@ def _params(path: Path, overrides: list[str] | None) -> Params:
         _fail(str(err))
 
 
-def _stop_on_signal() -> Callable[[int], bool]:
-    """First Ctrl-C / SIGTERM: finish the step, checkpoint, exit. Second Ctrl-C: abort at once."""
+@contextmanager
+def _stop_on_signal() -> Iterator[Callable[[int], bool]]:
+    """First Ctrl-C / SIGTERM: finish the step, checkpoint, exit. Second Ctrl-C: abort at once.
+
+    The previous handlers come back when the command ends (an in-process caller keeps its own).
+    """
     flag = {"stop": False}
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: object) -> None:
         if flag["stop"]:
@@ -63,9 +69,13 @@ def _stop_on_signal() -> Callable[[int], bool]:
         flag["stop"] = True
         print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return lambda step: flag["stop"]
+    for sig in before:
+        signal.signal(sig, handler)
+    try:
+        yield lambda step: flag["stop"]
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
 
 
 def _run(fn: Callable[[], T]) -> T:
@@ -106,8 +116,8 @@ def train_gan_cmd(
 ) -> None:
     """Stage `train_gan`: train the DCGAN on data/prepared/, log to MLflow, export models/gan/final/."""
     p = _params(params, set_)
-    stop = _stop_on_signal()
-    result, run_id = _run(lambda: stages.train_gan(p, progress=progress, should_stop=stop))
+    with _stop_on_signal() as stop:
+        result, run_id = _run(lambda: stages.train_gan(p, progress=progress, should_stop=stop))
     typer.echo(f"trained {result.step} steps -> {result.export}/ (MLflow run {run_id})")
     typer.echo(f"final sample grid: {result.export / 'samples.png'}")
 

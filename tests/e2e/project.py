@@ -13,7 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "data/.gitignore",
+PARAMS = ROOT / "tests" / "params.yaml"  # a fixed copy: the working copy's params.yaml is the user's
+PIPELINE_FILES = ["dvc.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "data/.gitignore",
                   "models/.gitignore"]  # fmt: skip
 
 
@@ -42,10 +43,11 @@ def project_env(**extra: str) -> dict[str, str]:
 def new_project(
     d: Path, env: dict[str, str], edit_params: Callable[[dict], None], copy: tuple[str, ...] = ()
 ) -> None:
-    """Copy the pipeline files (and the ``copy`` folders) into ``d``, edit params, ``git init`` + ``dvc init``."""
+    """Copy the pipeline files, the tests' params (and the ``copy`` folders) into ``d``, edit params, ``git init`` + ``dvc init``."""
     for rel in PIPELINE_FILES:
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, d / rel)
+    shutil.copy(PARAMS, d / "params.yaml")
     for rel in copy:
         shutil.copytree(ROOT / rel, d / rel, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((d / "params.yaml").read_text())

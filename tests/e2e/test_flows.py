@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from ganops.data import load_prepared
 from tests.e2e.project import new_project, project_env, sh
 from tests.e2e.servers import start_server, stop
 
@@ -30,14 +32,14 @@ def _pictures(folder: Path, n: int, shade: int) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A git + DVC repo with a folder dataset at two revisions (v1 dark pictures, then v2 bright)."""
+    """A git + DVC repo with a folder dataset at two revisions (v1: 20 dark pictures, then v2: 24 bright)."""
     d = tmp_path_factory.mktemp("flowproj")
     tmp = d / ".home"
     env = project_env(PREFECT_HOME=str(tmp / "prefect"))
     new_project(
         d, env, lambda params: params["data"].update(source="folder", root="data/raw/own"), copy=("flows",)
     )
-    _pictures(d / "data/raw/own", 24, 20)
+    _pictures(d / "data/raw/own", 20, 20)
     sh(["dvc", "add", "data/raw/own"], d, env)
     sh(["git", "add", "-A"], d, env)
     sh(["git", "commit", "-qm", "v1"], d, env)
@@ -84,22 +86,32 @@ def _run(
     return r
 
 
-def _runs(d: Path):
+def _flow_run_id(r: subprocess.CompletedProcess) -> str:
+    """The flow run's id, as `prefect deployment run` prints it (`UUID: ...`)."""
+    m = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout)
+    assert m, r.stdout
+    return m.group(1)
+
+
+def _mlflow_run(d: Path, flow_run_id: str):
+    """The one training run (experiment `ganops`) that the flow run ``flow_run_id`` logged."""
     c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
     exp = c.get_experiment_by_name("ganops")
-    return c, c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
+    runs = c.search_runs([exp.experiment_id], f"tags.prefect_flow_run_id = '{flow_run_id}'")
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return c, runs[0]
 
 
 def test_deployment_run_trains_logs_and_promotes(project):
     d, env, tmp = project
     r = _run(d, env, f"overrides={json.dumps(TINY)}")
     assert r.returncode == 0, r.stdout + r.stderr + (tmp / "serve.log").read_text()[-3000:]
-    c, runs = _runs(d)
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.data.tags["entry_point"] == "prefect" and run.data.tags.get("prefect_flow_run_id")
+    c, run = _mlflow_run(d, _flow_run_id(r))
+    assert run.data.tags["entry_point"] == "prefect"
     assert {"loss_d", "domain_fid", "baseline_fid"} <= set(run.data.metrics)
-    assert c.get_model_version_by_alias("ganops-generator", "champion").run_id == run.info.run_id
+    champion = c.get_model_version_by_alias("ganops-generator", "champion")
+    decision = run.data.tags["promote_decision"]
+    assert (champion.run_id == run.info.run_id) == (decision == "promoted"), run.data.tags["promote_reason"]
     assert not (d / "data/prepared").exists()  # the working tree was not touched: outputs in the workspace
     assert (
         d / ".ganops/flow-runs" / run.data.tags["prefect_flow_run_id"] / "models/gan/final/samples.png"
@@ -112,17 +124,12 @@ def test_older_data_rev_trains_on_that_version(project):
     d, env, _ = project
     r = _run(d, env, f"overrides={json.dumps(TINY)}", "data_rev=v1")
     assert r.returncode == 0, r.stdout + r.stderr
-    _, runs = _runs(d)
-    head, old = runs[0].data.tags["dataset_hash"], runs[-1].data.tags["dataset_hash"]
-    assert old != head
-    man = json.loads(
-        next(
-            (d / ".ganops/flow-runs").glob(
-                f"{runs[-1].data.tags['prefect_flow_run_id']}/data/prepared/manifest.json"
-            )
-        ).read_text()
-    )
-    assert man["content_hash"] == old and man["count"] == 24
+    flow_run_id = _flow_run_id(r)
+    _, run = _mlflow_run(d, flow_run_id)
+    images, _, man = load_prepared(d / ".ganops/flow-runs" / flow_run_id / "data/prepared")
+    # v1 held 20 pictures with a dark red channel (20); the working tree (v2) holds 24 with a bright one (230)
+    assert man["count"] == 20 and man["content_hash"] == run.data.tags["dataset_hash"]
+    assert float(images[:, 0].float().mean()) < 60
 
 
 def test_invalid_parameter_fails_fast_with_the_key(project):
