@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo serve bento browser prefect-server flows-serve train-flow style-flow test test-unit lint bench bench-gan clean
+.PHONY: install demo serve bento browser prefect-server flows-serve train-flow style-flow test test-unit lint bench bench-gan clean clean-flow-runs clean-tracking
 
 install: $(STAMP)
 
@@ -83,5 +83,17 @@ bench: $(STAMP)
 bench-gan: $(STAMP)
 	$(BIN)/python bench/gan_ablation.py
 
+# Rebuildable outputs only (stage outputs, plots, builds; `dvc repro` makes them again). Never the tracking
+# store: every MLflow run, the registry and the champion live in mlflow.db + mlartifacts/ (see clean-tracking).
 clean:
-	rm -rf data/prepared models/gan models/classifier models/style data/style data/stylized data/stylized_sheet.png metrics dvc_plots dist .ganops mlflow.db mlartifacts
+	rm -rf data/prepared models/gan models/classifier models/style data/style data/stylized data/stylized_sheet.png metrics dvc_plots dist
+
+# Flow-run workspaces beyond the 20 newest (never a running one).
+clean-flow-runs: $(STAMP)
+	$(BIN)/ganops gc --keep 20
+
+# Deletes every MLflow run, the model registry and the champion: asks first (CONFIRM=yes to skip the question).
+clean-tracking:
+	@[ "$(CONFIRM)" = yes ] || { printf 'delete mlflow.db and mlartifacts/ (every run, the registry, the champion)? [y/N] '; \
+	  read a; [ "$$a" = y ] || { echo "kept"; exit 1; }; }
+	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts

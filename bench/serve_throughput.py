@@ -35,7 +35,7 @@ from tests.e2e.servers import free_port, stop, wait_http  # noqa: E402
 from ganops.config import GanParams, parse_params  # noqa: E402
 from ganops.evaluate import generate  # noqa: E402
 from ganops.models.gan import load_generator  # noqa: E402
-from ganops.tracking import register_generator, set_alias, start_run  # noqa: E402
+from ganops.tracking import RunContext, register_generator, set_alias, start_run  # noqa: E402
 from ganops.train_gan import train_gan  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def champion_store(tmp: Path, size: int, channels: int, ngf: int) -> tuple[str, 
     os.environ["MLFLOW_TRACKING_URI"] = uri
     images = torch.randint(0, 256, (256, channels, size, size), dtype=torch.uint8)
     p = GanParams(steps=1, batch_size=64, sample_every=1, checkpoint_every=1, ngf=ngf, ndf=ngf)
-    with start_run(parse_params({}), entry_point="bench", data_hash="bench", root=tmp) as run:
+    with start_run(parse_params({}), ctx=RunContext("bench"), data_hash="bench", root=tmp) as run:
         r = train_gan(images, p, tmp / "gan", progress=False)
         run.log_artifacts(r.export, "checkpoint")
     facts = register_generator(run.run_id, "ganops-generator", {"dataset_hash": "bench", "extractor": "none"})

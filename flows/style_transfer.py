@@ -2,14 +2,18 @@
 
     prefect deployment run 'style-transfer/local' --param overrides='["style.steps=300"]' --watch
 
-Writes data/stylized/<style>/ and data/stylized_sheet.png in the project, like the DVC stages (and with the
-same ganops.stages functions); each pair is an MLflow run tagged with the flow-run id. A task opens its own
-MLflow run by id in its own thread, never relying on the (thread-local) active run.
+Uses the same ganops.stages functions as the DVC stages, but works in its own workspace
+(``.ganops/flow-runs/<id>/``: ``data/stylized/<style>/``, ``data/stylized_sheet.png``), so two flow runs and
+a ``dvc repro`` at the same time never write the same file, and the project's DVC outputs are untouched.
+Every image is written atomically; ``DONE.json``, written last, lists the results with their checksums.
+Each pair is an MLflow run tagged with its own flow-run id (passed as a value). A task opens its own MLflow
+run by id in its own thread, never relying on the (thread-local) active run.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +22,23 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from ganops import stages
+from ganops import stages, workspaces
 from ganops.config import Params, load_params
+from ganops.tracking import RunContext, use_store
 
 ROOT = Path(os.environ.get("GANOPS_PROJECT_ROOT", Path.cwd())).resolve()
-DEFAULT_CONTENT = "data/style/content"
 
 
 @task(cache_policy=NO_CACHE)
-def setup(params: Params, style: str, at: stages.Layout) -> stages.StyleJob:
-    return stages.stylize_setup(params, style, at, progress=False, echo=get_run_logger().info)
+def setup(params: Params, style: str, at: stages.Layout, ctx: RunContext) -> stages.StyleJob:
+    return stages.stylize_setup(params, style, at, ctx=ctx, progress=False, echo=get_run_logger().info)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{job.style} x {content.name}")
-def stylize_pair(params: Params, job: stages.StyleJob, content: Path, at: stages.Layout) -> dict[str, Any]:
-    saved, metrics = stages.stylize_pair(params, job, content, at)
+def stylize_pair(
+    params: Params, job: stages.StyleJob, content: Path, at: stages.Layout, ctx: RunContext
+) -> dict[str, Any]:
+    saved, metrics = stages.stylize_pair(params, job, content, at, ctx=ctx)
     return {"style": job.style, "content": content.name, "output": str(saved), **metrics}
 
 
@@ -41,25 +47,54 @@ def sheet(params: Params, at: stages.Layout) -> str:
     return str(stages.stylize_sheet(params, at)[0])
 
 
+def _inputs(params: Params, overrides: list[str], at: stages.Layout) -> Params:
+    """Snapshot the photos and style images into the workspace (``inputs/``) and point the params at the
+    copies: a ``dvc repro`` rewriting the project's folders meanwhile cannot change what this run reads.
+    A missing default folder is generated into the workspace (as the DVC stage style_inputs would)."""
+    fixed = list(overrides)
+    for key in ("content_dir", "style_dir"):
+        rel = getattr(params.style, key)
+        src = Path(rel) if Path(rel).is_absolute() else ROOT / rel
+        if not src.is_dir():
+            stages.style_inputs(at)  # the offline samples, generated inside the workspace
+            src = at.root / rel
+            if not src.is_dir():
+                raise stages.StageError(f"style.{key}: {rel} is not a folder")
+        dst = at.root / "inputs" / key
+        if src != dst:
+            shutil.copytree(src, workspaces.fresh_copy_target(dst))
+        fixed.append(f"style.{key}={dst}")
+    return load_params(ROOT / "params.yaml", fixed)
+
+
 @flow(name="style-transfer", log_prints=True)
-def style_transfer_flow(overrides: list[str] | None = None, styles: list[str] | None = None) -> dict:
+def style_transfer_flow(
+    overrides: list[str] | None = None, styles: list[str] | None = None, keep_runs: int = 20
+) -> dict:
     """Style every content image with every style (or the listed ``styles``), then draw the contact sheet.
 
     Args:
         overrides: params.yaml overrides, e.g. ["style.steps=300", "style.method=fast"] (validated first).
         styles: names from style.styles (default: all of them).
+        keep_runs: keep this many newest flow-run workspaces in .ganops/flow-runs/ (negative: all).
     """
-    params = load_params(ROOT / "params.yaml", list(overrides or []))  # fails fast with the key's name
-    os.environ["GANOPS_ENTRY_POINT"] = "prefect"
-    os.environ["GANOPS_FLOW_RUN_ID"] = str(flow_run.get_id() or "local")
-    at = stages.Layout(root=ROOT)
-    if params.style.content_dir == DEFAULT_CONTENT and not (ROOT / DEFAULT_CONTENT).is_dir():
-        stages.style_inputs(at)  # the offline samples, as the DVC stage style_inputs writes them
-    names = styles or list(params.style.styles)
-    jobs = [setup(params, s, at) for s in names]  # sequential: a fast net trains here
-    futures = [stylize_pair.submit(params, job, c, at) for job in jobs for c in job.contents]
-    pairs = [f.result() for f in futures]
-    path = sheet(params, at) if set(names) == set(params.style.styles) else None
+    overrides = list(overrides or [])
+    params = load_params(ROOT / "params.yaml", overrides)  # fails fast with the key's name
+    run_id = str(flow_run.get_id() or "local")
+    ctx = RunContext(entry_point="prefect", flow_run_id=run_id)
+    use_store(ROOT)  # create / migrate the tracking store once, before the pairs fan out
+    with workspaces.hold(workspaces.flow_run_dir(ROOT, run_id)) as work:
+        if keep_runs >= 0:
+            workspaces.gc(ROOT, keep=keep_runs)
+        at = stages.Layout(root=work, tracking_root=ROOT)
+        params = _inputs(params, overrides, at)
+        names = styles or list(params.style.styles)
+        jobs = [setup(params, s, at, ctx) for s in names]  # sequential: a fast net trains here
+        futures = [stylize_pair.submit(params, job, c, at, ctx) for job in jobs for c in job.contents]
+        pairs = [f.result() for f in futures]
+        path = sheet(params, at) if set(names) == set(params.style.styles) else None
+        outputs = [Path(r["output"]) for r in pairs] + ([Path(path)] if path else [])
+        workspaces.publish(work, outputs, {"flow": "style-transfer", "flow_run_id": run_id})
     rows = "\n".join(
         f"| {r['style']} | {r['content']} | {r.get('final_total', float('nan')):.4g} | {r['seconds']:.1f} | `{r['output']}` |"
         for r in pairs
@@ -67,7 +102,7 @@ def style_transfer_flow(overrides: list[str] | None = None, styles: list[str] | 
     create_markdown_artifact(
         key="style-transfer-report",
         markdown=f"# style-transfer\n\n| style | content | final loss | seconds | output |\n|---|---|---|---|---|\n{rows}\n\n"
-        f"Contact sheet: `{path or 'not drawn (a subset of styles ran)'}`\n",
+        f"Contact sheet: `{path or 'not drawn (a subset of styles ran)'}`\n\nWorkspace: `{work}`\n",
         description="every pair's loss, time and output; the contact sheet",
     )
-    return {"pairs": len(pairs), "sheet": path}
+    return {"pairs": len(pairs), "sheet": path, "workspace": str(work)}

@@ -200,3 +200,18 @@ def test_save_and_load_prepared(tmp_path):
     assert (tmp_path / "prepared" / "report.json").is_file()
     with pytest.raises(DataError, match="ganops prepare"):
         load_prepared(tmp_path / "nothing")
+
+
+def test_pixels_and_content_hash_travel_together(tmp_path):
+    # A kill between writing dataset.pt and manifest.json must not pair new pixels with the old hash.
+    out = tmp_path / "prepared"
+    old = save_prepared(prepare(DataParams(image_size=16, limit=20)), out)
+    stale_manifest = (out / "manifest.json").read_text()
+    new = save_prepared(prepare(DataParams(image_size=16, limit=30)), out)
+    assert new["content_hash"] != old["content_hash"]
+    (out / "manifest.json").write_text(stale_manifest)  # as if the writer died after dataset.pt
+    (out / ".dataset.pt.dead.tmp").write_bytes(b"half")  # and a half-written temp of the next write
+    images, _, man = load_prepared(out)
+    assert len(images) == 30 and man["content_hash"] == new["content_hash"]
+    save_prepared(prepare(DataParams(image_size=16, limit=30)), out)
+    assert not (out / ".dataset.pt.dead.tmp").exists()

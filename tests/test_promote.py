@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from ganops.cli import app
 from ganops.config import parse_params
 from ganops.promote import decide
-from ganops.tracking import start_run
+from ganops.tracking import RunContext, start_run
 from tests.conftest import PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def _run_with_checkpoint(tmp: Path) -> str:
     folder = tmp / "ckpt"
     folder.mkdir(exist_ok=True)
     (folder / "config.json").write_text("{}")
-    with start_run(parse_params({}), entry_point="test", data_hash="h", root=tmp) as run:
+    with start_run(parse_params({}), ctx=RunContext("test"), data_hash="h", root=tmp) as run:
         run.log_artifacts(folder, "checkpoint")
         return run.run_id
 
@@ -91,3 +91,80 @@ def test_promote_without_evaluation_or_run(tmp_path, monkeypatch, isolated_track
     assert r.exit_code == 2 and "not in sqlite" in r.output
     r = CliRunner().invoke(app, ["champion"])
     assert r.exit_code == 2 and "no model ganops-generator@champion" in r.output
+
+
+def test_subset_dry_run_and_other_extractor_rules():
+    small = decide(C | {"domain_fid": 0.1, "data_limit": 100}, None, "domain_fid")
+    assert not small.promote and "subset (data.limit=100)" in small.reason
+    dry = decide(C | {"domain_fid": 1.0}, C | {"run_id": "b"}, "domain_fid", dry_run=True)
+    assert not dry.promote and dry.reason.startswith("dry run") and "would promote" in dry.reason
+    other = decide(
+        C | {"domain_fid": 9.0}, C | {"run_id": "b", "extractor": "random-cnn-seed0"}, "domain_fid"
+    )
+    assert other.promote and "another extractor" in other.reason
+
+
+def test_a_smoke_run_on_a_subset_never_takes_over(tmp_path, monkeypatch, isolated_tracking):
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    champ = _run_with_checkpoint(tmp_path)
+    assert _promote(tmp_path, champ, 5.0)[0]["promote"]
+    folder = tmp_path / "ckpt"
+    with start_run(parse_params({"data": {"limit": 100}}), ctx=RunContext("test"), data_hash="other",
+                   root=tmp_path) as run:  # fmt: skip
+        run.log_artifacts(folder, "checkpoint")
+    d, out = _promote(tmp_path, run.run_id, 0.5)  # far better numbers, on 100 images of other data
+    assert not d["promote"] and "subset" in d["reason"] and "@champion stays v1" in out
+    assert (
+        MlflowClient(isolated_tracking).get_model_version_by_alias("ganops-generator", "champion").run_id
+        == champ
+    )
+
+
+def _racer(root: str, uri: str, who: int, rounds: list, barrier) -> None:
+    """One promoting process: each round, wait for the other, then promote its candidate."""
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    from ganops import stages
+
+    for r, cands in enumerate(rounds):
+        at = stages.Layout(root=Path(root) / f"p{who}", tracking_root=Path(root))
+        (at.metrics).mkdir(parents=True, exist_ok=True)
+        run_id, fid = cands[who]
+        m = {"run_id": run_id, "dataset_hash": "h", "extractor": "x", "domain_fid": fid, "coverage": 10}
+        (at.metrics / "evaluate.json").write_text(json.dumps(m))
+        p = parse_params({"promote": {"model_name": f"race-{r}"}})
+        barrier.wait(timeout=120)
+        stages.promote(p, at)
+
+
+def test_two_concurrent_promotions_always_end_with_the_better_one(tmp_path, isolated_tracking):
+    # Compare-and-set: 20 rounds, two processes released together by a barrier; each round the better
+    # candidate (randomly the first or the second process's) must end as champion.
+    import multiprocessing as mp
+    import random
+
+    rng = random.Random(0)
+    rounds = []
+    for _ in range(20):
+        a, b = _run_with_checkpoint(tmp_path), _run_with_checkpoint(tmp_path)
+        fa, fb = rng.sample([1.0, 2.0], 2)
+        rounds.append([(a, fa), (b, fb)])
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_racer, args=(str(tmp_path), isolated_tracking, who, rounds, barrier))
+             for who in (0, 1)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+    assert [p.exitcode for p in procs] == [0, 0]
+    c = MlflowClient(isolated_tracking)
+    wrong = []
+    for r, ((a, fa), (b, fb)) in enumerate(rounds):
+        best = a if fa < fb else b
+        if c.get_model_version_by_alias(f"race-{r}", "champion").run_id != best:
+            wrong.append(r)
+    assert wrong == [], f"the worse candidate is champion in rounds {wrong}"
+    assert not [m.name for m in c.search_registered_models() if m.name.endswith(".lock")]  # locks released

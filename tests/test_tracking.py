@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from ganops.config import parse_params
-from ganops.tracking import TrackingError, check_reachable, start_run, tracking_uri
+from ganops.tracking import RunContext, TrackingError, check_reachable, retry_locked, start_run, tracking_uri
 
 
 def test_default_uri_is_absolute_sqlite_at_project_root(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_run_logs_params_tags_metrics_and_images(tmp_path, isolated_tracking):
     p = parse_params({"tracking": {"experiment": "t"}})
     png = tmp_path / "g.png"
     Image.new("RGB", (8, 8), (255, 0, 0)).save(png)
-    with start_run(p, entry_point="test", data_hash="h123", root=tmp_path) as run:
+    with start_run(p, ctx=RunContext("test"), data_hash="h123", root=tmp_path) as run:
         run.on_metrics(1, {"loss_d": 1.5, "loss_g": 0.7})
         run.on_metrics(2, {"loss_d": 1.2, "loss_g": 0.9})
         run.on_sample(2, png)
@@ -62,12 +62,97 @@ def test_run_logs_params_tags_metrics_and_images(tmp_path, isolated_tracking):
     assert exp.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
 
 
-def test_resume_run_continues_the_same_run(tmp_path, isolated_tracking):
+def test_a_finished_run_is_never_reopened_an_unfinished_one_is_continued(tmp_path, isolated_tracking):
     p = parse_params({})
-    with start_run(p, entry_point="t", data_hash="h", root=tmp_path) as run:
-        first = run.run_id
-    with start_run(p, entry_point="t", data_hash="h", root=tmp_path, resume_run_id=first) as run:
-        assert run.run_id == first
-    with start_run(p, entry_point="t", data_hash="h", root=tmp_path, resume_run_id="0" * 32) as run:
-        assert run.run_id != first  # unknown id: a new run, not an error
+    c = MlflowClient(isolated_tracking)
+    with start_run(p, ctx=RunContext("t"), data_hash="h", root=tmp_path) as run:
+        finished = run.run_id
+    with start_run(p, ctx=RunContext("t"), data_hash="h", root=tmp_path, resume_run_id=finished) as run:
+        extended = run.run_id  # training on from a finished run: a new run that says where it came from
+    assert extended != finished and c.get_run(extended).data.tags["resumed_from"] == finished
+    assert c.get_run(finished).info.status == "FINISHED"
+
+    with (
+        pytest.raises(KeyboardInterrupt),
+        start_run(p, ctx=RunContext("t"), data_hash="h", root=tmp_path) as run,
+    ):
+        interrupted = run.run_id
+        raise KeyboardInterrupt  # Ctrl-C mid-training: the run ends KILLED, its export never logged
+    with start_run(p, ctx=RunContext("t"), data_hash="h", root=tmp_path, resume_run_id=interrupted) as run:
+        assert run.run_id == interrupted and "resumed_from" not in c.get_run(interrupted).data.tags
+    assert c.get_run(interrupted).info.status == "FINISHED"
+
+    # SIGKILLed after its export was logged (status still RUNNING): the export is a recorded fact
+    killed = c.create_run(c.get_experiment_by_name("ganops").experiment_id).info.run_id
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    c.log_artifacts(killed, str(folder), "checkpoint")
+    with start_run(p, ctx=RunContext("t"), data_hash="h", root=tmp_path, resume_run_id=killed) as run:
+        assert run.run_id != killed and c.get_run(run.run_id).data.tags["resumed_from"] == killed
+
+    with start_run(p, ctx=RunContext("t"), data_hash="h", root=tmp_path, resume_run_id="0" * 32) as run:
+        assert run.run_id not in (finished, interrupted)  # unknown id: a new run, not an error
     mlflow.set_tracking_uri(None)
+
+
+def test_run_context_tags(tmp_path, isolated_tracking):
+    ctx = RunContext("prefect", flow_run_id="f-1", dvc_exp_name="exp-a")
+    with start_run(parse_params({}), ctx=ctx, data_hash="h", root=tmp_path) as run:
+        pass
+    tags = MlflowClient(isolated_tracking).get_run(run.run_id).data.tags
+    assert (tags["entry_point"], tags["prefect_flow_run_id"], tags["dvc_exp_name"]) == (
+        "prefect",
+        "f-1",
+        "exp-a",
+    )
+    mlflow.set_tracking_uri(None)
+
+
+def test_retry_locked_retries_only_a_locked_database():
+    import sqlite3
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "ok"
+
+    assert retry_locked(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        retry_locked(
+            lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")), attempts=2
+        )
+    other = []
+    with pytest.raises(ValueError):
+        retry_locked(lambda: other.append(1) or (_ for _ in ()).throw(ValueError("no")))
+    assert len(other) == 1  # anything else is not retried
+
+
+def test_store_is_wal_and_concurrent_first_use_by_many_processes_works(tmp_path):
+    # Four processes open a brand-new store at once: one migration, one experiment, every metric recorded.
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "import sys; from ganops.config import parse_params; from ganops.tracking import RunContext, start_run\n"
+        "with start_run(parse_params({}), ctx=RunContext('t'), data_hash='h', root=__import__('pathlib').Path(sys.argv[1])) as r:\n"
+        "    [r.on_metrics(i, {'x': float(i)}) for i in range(20)]\n"
+    )
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stderr=subprocess.PIPE)
+             for _ in range(4)]  # fmt: skip
+    errs = [p.communicate(timeout=300)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for e in errs]  # the tracebacks, not the INFO
+    c = MlflowClient(uri)
+    exps = [e for e in c.search_experiments() if e.name == "ganops"]
+    assert len(exps) == 1
+    runs = c.search_runs([exps[0].experiment_id])
+    assert len(runs) == 4 and all(len(c.get_metric_history(r.info.run_id, "x")) == 20 for r in runs)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

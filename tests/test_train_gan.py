@@ -271,6 +271,41 @@ def test_injected_nan_is_rolled_back_and_training_continues(images, tmp_path, ca
     assert [row["step"] for row in r.history] == [1, 2, 3, 4, 5, 6, 7, 8]  # rows after step 4 rewritten
 
 
+def test_two_nans_before_the_next_checkpoint_both_roll_back_to_clean_state(images, tmp_path):
+    # The second rollback must restore the checkpoint's Adam moments, not ones the first NaN's aftermath
+    # wrote into (the optimizer adopts the tensors it is restored from).
+    poisoned: list[int] = []
+
+    def poison(step, G, D):
+        if step == 5 and len(poisoned) < 2:
+            poisoned.append(step)
+            with torch.no_grad():
+                next(G.parameters()).fill_(float("nan"))
+
+    r = train_gan(images, tiny(steps=8, checkpoint_every=4, nan_max_rollbacks=3), tmp_path, progress=False,
+                  after_step=poison)  # fmt: skip
+    assert poisoned == [5, 5]
+    assert r.completed and r.step == 8 and r.counters["nan_rollbacks"] == 2
+    state = _weights(r.checkpoint)
+    for key in ("G", "D"):
+        assert all(torch.isfinite(v).all() for v in state[key].values() if v.is_floating_point())
+    for opt in ("opt_g", "opt_d"):
+        for moments in state[opt]["state"].values():
+            assert all(torch.isfinite(v).all() for v in moments.values())
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed_at_start(images, tmp_path):
+    (tmp_path / "final").mkdir(parents=True)
+    stale = [tmp_path / ".checkpoint.pt.abc123.tmp", tmp_path / "final" / ".generator.pt.x9.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a file")
+    keep = tmp_path / "notes.tmp"  # not one of atomic_write's temp names: not ours to delete
+    keep.write_text("mine")
+    train_gan(images, tiny(steps=2), tmp_path, progress=False)
+    assert not any(f.exists() for f in stale) and keep.read_text() == "mine"
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
 def test_nan_every_time_gives_up_with_advice(images, tmp_path):
     def poison(step, G, D):
         with torch.no_grad():

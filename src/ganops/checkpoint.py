@@ -17,6 +17,19 @@ from typing import Any
 
 import torch
 
+TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: ".<name>.<random>.tmp" beside the target
+
+
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete the temp files a killed writer left under ``folder`` (only :func:`atomic_write`'s own);
+    returns how many. Call it only where no other process is writing."""
+    n = 0
+    for f in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        if f.is_file():
+            f.unlink(missing_ok=True)
+            n += 1
+    return n
+
 
 def atomic_write(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` (``str``/``bytes`` as is, anything else through ``torch.save``) to ``path`` atomically."""
@@ -30,7 +43,7 @@ def atomic_write(path: str | Path, obj: Any) -> Path:
         buf = io.BytesIO()
         torch.save(obj, buf)
         data = buf.getvalue()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import typer
 
 from ganops import stages
 from ganops.config import Params, ParamsError, load_params
+from ganops.tracking import RunContext
 
 AT = stages.Layout()  # the project's paths, relative to the cwd (as under DVC)
 T = TypeVar("T")
@@ -93,6 +95,15 @@ def _run(fn: Callable[[], T]) -> T:
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
+def _context() -> RunContext:
+    """Who runs this command: DVC tells its stages through their environment (``DVC_STAGE``, and
+    ``DVC_EXP_NAME`` in an experiment); read here, at the edge, and passed down as a value."""
+    return RunContext(
+        entry_point="dvc" if os.environ.get("DVC_STAGE") else "cli",
+        dvc_exp_name=os.environ.get("DVC_EXP_NAME") or None,
+    )
+
+
 @app.command()
 def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Stage `prepare`: read the configured data source into data/prepared/ (tensors, manifest, report)."""
@@ -117,7 +128,9 @@ def train_gan_cmd(
     """Stage `train_gan`: train the DCGAN on data/prepared/, log to MLflow, export models/gan/final/."""
     p = _params(params, set_)
     with _stop_on_signal() as stop:
-        result, run_id = _run(lambda: stages.train_gan(p, progress=progress, should_stop=stop))
+        result, run_id = _run(
+            lambda: stages.train_gan(p, ctx=_context(), progress=progress, should_stop=stop)
+        )
     typer.echo(f"trained {result.step} steps -> {result.export}/ (MLflow run {run_id})")
     typer.echo(f"final sample grid: {result.export / 'samples.png'}")
 
@@ -189,7 +202,7 @@ def stylize(
 ) -> None:
     """Stage `stylize@<style>`: style every image of style.content_dir -> data/stylized/<style>/ (+ MLflow)."""
     p = _params(params, set_)
-    _run(lambda: stages.stylize(p, style, progress=progress, echo=typer.echo))
+    _run(lambda: stages.stylize(p, style, ctx=_context(), progress=progress, echo=typer.echo))
 
 
 @app.command("stylize-sheet")
@@ -198,6 +211,27 @@ def stylize_sheet(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) 
     p = _params(params, set_)
     sheet, n_contents, n_styles = _run(lambda: stages.stylize_sheet(p))
     typer.echo(f"contact sheet ({n_contents} contents x {n_styles} styles) -> {sheet}")
+
+
+@app.command()
+def gc(
+    keep: Annotated[int, typer.Option(help="Keep this many newest flow-run workspaces.")] = 20,
+    older_than_days: Annotated[
+        float | None, typer.Option(help="Only remove workspaces older than this many days.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed.")] = False,
+) -> None:
+    """Remove old Prefect flow-run workspaces (.ganops/flow-runs/<id>/); never a running one.
+
+    Only these scratch folders: the tracking store, the registry and DVC outputs are never touched.
+    """
+    from ganops.workspaces import FLOW_RUNS
+    from ganops.workspaces import gc as collect
+
+    gone = collect(Path.cwd(), keep=keep, older_than_days=older_than_days, dry_run=dry_run)
+    for d in gone:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {d.relative_to(Path.cwd())}")
+    typer.echo(f"{len(gone)} flow-run workspace(s) {'to remove' if dry_run else 'removed'} from {FLOW_RUNS}/")
 
 
 @app.command()

@@ -119,6 +119,7 @@ class PromoteParams(_Group):
     metric: PromoteMetric = "domain_fid"
     model_name: str = Field("ganops-generator", min_length=1)
     alias: str = Field("champion", min_length=1)
+    dry_run: bool = False
 
 
 class StyleParams(_Group):

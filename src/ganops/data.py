@@ -25,7 +25,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from ganops.checkpoint import atomic_write
+from ganops.checkpoint import atomic_write, remove_stale_temps
 from ganops.config import DataParams
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -315,13 +315,20 @@ def manifest(d: Prepared) -> dict[str, Any]:
 
 
 def save_prepared(d: Prepared, out: str | Path) -> dict[str, Any]:
-    """Write ``dataset.pt``, ``manifest.json`` and ``report.json`` (skipped files) under ``out``."""
+    """Write ``dataset.pt``, ``manifest.json`` and ``report.json`` (skipped files) under ``out``.
+
+    ``dataset.pt`` carries its own manifest and is written in one atomic rename, so pixels and content
+    hash always travel together; ``manifest.json`` and ``report.json`` are readable copies written after it.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     man = manifest(d)
-    atomic_write(out / "dataset.pt", {"images": d.images, "labels": d.labels, "classes": d.classes})
+    man_json = json.dumps(man, indent=2) + "\n"
+    blob = {"images": d.images, "labels": d.labels, "classes": d.classes, "manifest_json": man_json}
+    atomic_write(out / "dataset.pt", blob)
     atomic_write(out / "report.json", json.dumps({"skipped": d.skipped}, indent=2) + "\n")
-    atomic_write(out / "manifest.json", json.dumps(man, indent=2) + "\n")
+    atomic_write(out / "manifest.json", man_json)
     return man
 
 
@@ -331,5 +338,8 @@ def load_prepared(out: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict[str
     if not (out / "dataset.pt").is_file():
         raise DataError(f"no prepared data in {out}: run `ganops prepare` (or `dvc repro prepare`) first")
     blob = torch.load(out / "dataset.pt", weights_only=True)
-    man = json.loads((out / "manifest.json").read_text())
+    if "manifest_json" in blob:  # the manifest that was written with these pixels (see save_prepared)
+        man = json.loads(blob["manifest_json"])
+    else:  # written before dataset.pt carried its manifest
+        man = json.loads((out / "manifest.json").read_text())
     return blob["images"], blob["labels"], man

@@ -3,7 +3,8 @@
 Lower is better for every promotion metric (domain FID / KID, KL); a tie goes to higher class coverage.
 Numbers are compared only like with like — same dataset content hash and same feature extractor. A
 champion measured on other data (or with another extractor) cannot be compared: the candidate, measured
-on the data the pipeline now trains on, takes over, and the decision says why.
+on the data the pipeline now trains on, takes over, and the decision says why. A candidate trained on a
+subset of the data (``data.limit``, a smoke run) never takes over, nor does any candidate of a dry run.
 """
 
 from __future__ import annotations
@@ -24,17 +25,27 @@ class Decision:
         return asdict(self)
 
 
-def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, metric: str) -> Decision:
+def decide(
+    candidate: dict[str, Any], champion: dict[str, Any] | None, metric: str, *, dry_run: bool = False
+) -> Decision:
     """Decide whether ``candidate`` replaces ``champion`` on ``metric`` (lower is better).
 
     Args:
-        candidate / champion: dicts with ``run_id``, ``dataset_hash``, ``extractor``, ``metric`` and
-            ``coverage`` (absent on unlabelled data).
+        candidate / champion: dicts with ``run_id``, ``dataset_hash``, ``extractor``, ``metric``,
+            ``coverage`` (absent on unlabelled data) and ``data_limit`` (0 or absent: all the data).
         metric: the deciding metric's key.
+        dry_run: decide and report, but never promote.
     """
     d = lambda ok, why: Decision(ok, why, metric, candidate, champion)  # noqa: E731
     if metric not in candidate:
         raise ValueError(f"candidate has no {metric!r} (metrics: {sorted(candidate)})")
+    if int(candidate.get("data_limit") or 0) > 0:
+        return d(False, f"candidate was trained on a subset (data.limit={int(candidate['data_limit'])}): "
+                        "a smoke run never takes over")  # fmt: skip
+    if dry_run:
+        verdict = decide(candidate, champion, metric)
+        return d(False, f"dry run (promote.dry_run): would {'promote' if verdict.promote else 'keep'}: "
+                        f"{verdict.reason}")  # fmt: skip
     if champion is None:
         return d(True, "no champion yet")
     if champion.get("run_id") == candidate.get("run_id"):

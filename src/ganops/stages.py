@@ -24,7 +24,7 @@ from ganops.data import DataError
 from ganops.evaluate import EvaluationError
 from ganops.models.style import StyleWeightsError
 from ganops.stylize import StyleError
-from ganops.tracking import TrackingError
+from ganops.tracking import RunContext, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,6 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _entry_point() -> str:
-    return "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("GANOPS_ENTRY_POINT", "cli")
-
-
 def _prepared(at: Layout, p: Params):  # noqa: ANN202 - (images, labels, manifest)
     from ganops.data import load_prepared
 
@@ -129,10 +125,14 @@ def train_gan(
     p: Params,
     at: Layout = Layout(),
     *,
+    ctx: RunContext = RunContext(),
     progress: bool = True,
     should_stop: Callable[[int], bool] | None = None,
 ) -> tuple[Any, str]:
     """Stage `train_gan` (resumes a compatible checkpoint); returns (TrainResult, MLflow run id).
+
+    Resuming the checkpoint of a run that never finished continues that MLflow run; going on from a finished
+    one (more steps, another experiment) opens a new run tagged ``resumed_from`` (see tracking.start_run).
 
     Raises:
         Stopped: ``should_stop`` ended training early (a checkpoint was written).
@@ -154,8 +154,7 @@ def train_gan(
     log.info("training on %s: %d images, device %s", man["source"], man["count"], device)
     t0 = time.perf_counter()
     resume_id = (prior or {}).get("meta", {}).get("mlflow_run_id")
-    with start_run(p, entry_point=_entry_point(), data_hash=data_hash, resume_run_id=resume_id,
-                   root=at.tracking) as run:  # fmt: skip
+    with start_run(p, ctx=ctx, data_hash=data_hash, resume_run_id=resume_id, root=at.tracking) as run:
         result = train(
             images, p.gan, at.gan, labels=labels, seed=seed, device=device, data_hash=data_hash,
             meta={"mlflow_run_id": run.run_id}, on_metrics=run.on_metrics, on_sample=run.on_sample,
@@ -184,7 +183,7 @@ def train_gan(
             w.writeheader()
             for row in result.history:
                 w.writerow({**row, "step": int(row["step"])})
-        run.log_metrics({"train_seconds": final["train_seconds"]})
+        run.log_metrics({"train_seconds": final["train_seconds"], "resumed_from_step": result.resumed_from})
         run.log_artifacts(result.export, "checkpoint")
         if result.best is not None:
             run.log_artifacts(result.best, "checkpoint_best")
@@ -273,9 +272,23 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
 
 
 def promote(p: Params, at: Layout = Layout()) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
-    """Stage `promote`; returns (Decision, candidate facts, champion facts before the decision)."""
+    """Stage `promote`; returns (Decision, candidate facts, champion facts before the decision).
+
+    Compare-and-set: registering, reading the champion, deciding and moving the alias all happen while
+    this process holds the registry's promotion lock (tracking.registry_lock), so two concurrent promotions
+    are serialised and the second one decides against whatever the first one left as champion.
+    """
     from ganops.promote import decide
-    from ganops.tracking import champion, log_to_run, register_generator, require_run, set_alias, use_store
+    from ganops.tracking import (
+        champion,
+        log_to_run,
+        register_generator,
+        registry_lock,
+        require_run,
+        run_params,
+        set_alias,
+        use_store,
+    )
 
     path = at.metrics / "evaluate.json"
     if not path.is_file():
@@ -284,16 +297,19 @@ def promote(p: Params, at: Layout = Layout()) -> tuple[Any, dict[str, Any], dict
     name, alias = p.promote.model_name, p.promote.alias
     use_store(at.tracking)
     run_id = require_run(m.get("run_id"), str(path))
-    before = champion(name, alias)
-    cand = register_generator(
-        run_id, name, m, "checkpoint_best" if m.get("export") == "best" else "checkpoint"
-    )
-    try:
-        decision = decide(cand, before, p.promote.metric)
-    except ValueError as err:
-        raise StageError(str(err)) from None
-    if decision.promote:
-        set_alias(name, alias, cand["version"])
+    # what the candidate was trained on, from its own run (not from today's params)
+    facts = m | {"data_limit": int(run_params(run_id).get("data.limit", "0"))}
+    with registry_lock(name):
+        cand = register_generator(
+            run_id, name, facts, "checkpoint_best" if m.get("export") == "best" else "checkpoint"
+        )
+        before = champion(name, alias)
+        try:
+            decision = decide(cand, before, p.promote.metric, dry_run=p.promote.dry_run)
+        except ValueError as err:
+            raise StageError(str(err)) from None
+        if decision.promote:
+            set_alias(name, alias, cand["version"])
     log_to_run(run_id, {}, {"promote_decision": "promoted" if decision.promote else "kept champion",
                             "promote_reason": decision.reason})  # fmt: skip
     _write_json(at.metrics / "promote.json", decision.to_dict())
@@ -333,8 +349,8 @@ class StyleJob:
     net: Any = None
 
 
-def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, progress: bool = True,
-                  echo: Callable[[str], None] = log.info) -> StyleJob:  # fmt: skip
+def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunContext = RunContext(),
+                  progress: bool = True, echo: Callable[[str], None] = log.info) -> StyleJob:  # fmt: skip
     """Validate and load one style's inputs, clear its outputs, train + register its fast net if asked."""
     from ganops.checkpoint import atomic_write
     from ganops.models.style import build_vgg
@@ -360,7 +376,8 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, progress: boo
     job = StyleJob(style, contents, styles, vgg)
     if sp.method == "fast":
         imgs = [load_image(f, sp.max_side) for f in contents]
-        with style_run(p, style=style, content="(training)", extractor=vgg.name, root=at.tracking) as run:
+        with style_run(p, ctx=ctx, style=style, content="(training)", extractor=vgg.name,
+                       root=at.tracking) as run:  # fmt: skip
             job.net = train_fast(
                 imgs, styles, vgg, sp, seed=p.base.seed, progress=progress, on_metrics=run.on_metrics
             )
@@ -377,14 +394,21 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, progress: boo
 
 
 def stylize_pair(
-    p: Params, job: StyleJob, content: Path, at: Layout = Layout(), *, progress: bool = False
+    p: Params,
+    job: StyleJob,
+    content: Path,
+    at: Layout = Layout(),
+    *,
+    ctx: RunContext = RunContext(),
+    progress: bool = False,
 ) -> tuple[Path, dict[str, float]]:
     """One content x style pair in its own MLflow run; returns (output path, metrics)."""
     from ganops.stylize import fast_stylize, gatys, load_image, save_image
     from ganops.tracking import style_run
 
     img = load_image(content, p.style.max_side)
-    with style_run(p, style=job.style, content=content.stem, extractor=job.vgg.name, root=at.tracking) as run:
+    with style_run(p, ctx=ctx, style=job.style, content=content.stem, extractor=job.vgg.name,
+                   root=at.tracking) as run:  # fmt: skip
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         if job.net is not None:
@@ -406,14 +430,15 @@ def stylize(
     style: str,
     at: Layout = Layout(),
     *,
+    ctx: RunContext = RunContext(),
     progress: bool = True,
     echo: Callable[[str], None] = log.info,
 ) -> list[Path]:
     """Stage `stylize@<style>`: every content image, one MLflow run per pair; returns the outputs."""
-    job = stylize_setup(p, style, at, progress=progress, echo=echo)
+    job = stylize_setup(p, style, at, ctx=ctx, progress=progress, echo=echo)
     written = []
     for content in job.contents:
-        saved, m = stylize_pair(p, job, content, at, progress=progress)
+        saved, m = stylize_pair(p, job, content, at, ctx=ctx, progress=progress)
         written.append(saved)
         loss = f" (loss {m['start_total']:.3g} -> {m['final_total']:.3g})" if "final_total" in m else ""
         echo(f"{style} x {content.name} -> {saved}{loss}")

@@ -7,22 +7,111 @@ a queued ``dvc exp run`` in a temp copy, ``mlflow ui`` — finds the same databa
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import random
+import socket
 import sqlite3
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ganops.config import Params
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; raised before any training starts."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who started a piece of work: passed as a value from the CLI and the flows down to every MLflow run
+    (never through process-wide state, so concurrent flow runs and in-process callers cannot mix them up).
+
+    Attributes:
+        entry_point: ``cli``, ``dvc``, ``prefect`` (or ``test`` / ``bench``); tag ``entry_point``.
+        flow_run_id: the Prefect flow run, if any; tag ``prefect_flow_run_id``.
+        dvc_exp_name: the DVC experiment, if any; tag ``dvc_exp_name``.
+    """
+
+    entry_point: str = "cli"
+    flow_run_id: str | None = None
+    dvc_exp_name: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        tags = {"entry_point": self.entry_point}
+        if self.flow_run_id:
+            tags["prefect_flow_run_id"] = self.flow_run_id
+        if self.dvc_exp_name:
+            tags["dvc_exp_name"] = self.dvc_exp_name
+        return tags
+
+
+# ----------------------------------------------------------------------------- concurrency helpers
+
+
+def _is_locked(err: BaseException) -> bool:
+    return "database is locked" in str(err) or "database table is locked" in str(err)
+
+
+def _already_exists(err: BaseException) -> bool:
+    return getattr(err, "error_code", "") == "RESOURCE_ALREADY_EXISTS" or "already exists" in str(err).lower()
+
+
+def retry_locked(fn: Callable[[], T], *, attempts: int = 8, what: str = "MLflow write") -> T:
+    """``fn()``, retried with jittered exponential backoff while sqlite says "database is locked".
+
+    sqlite admits one writer at a time; a writer that waits past the driver's busy timeout gets that error.
+    Under a handful of concurrent trainings that is transient, so every write we make goes through here.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:
+            if not _is_locked(err) or attempt == attempts - 1:
+                raise
+            delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+            log.debug("%s: database locked, retry %d in %.2f s", what, attempt + 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+_PREPARED: set[str] = set()  # stores this process has already prepared (a cache, not context)
+
+
+def prepare_store(uri: str) -> None:
+    """Create / migrate the tracking store once, before any fan-out, and make sqlite concurrency-friendly.
+
+    For sqlite: under an exclusive file lock (so two first users do not race on MLflow's schema migration),
+    switch the database to WAL (readers never block the writer; persistent in the file) and let MLflow
+    create its tables. A tracking server migrates its own database. Idempotent and cheap after the first call.
+    """
+    if uri in _PREPARED or not uri.startswith("sqlite:///"):
+        _PREPARED.add(uri)
+        return
+    from mlflow import MlflowClient
+
+    path = Path(uri[len("sqlite:///") :])
+    with open(path, "a+b") as f:  # an empty file is an empty sqlite database
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            with sqlite3.connect(path, timeout=30) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+            retry_locked(lambda: MlflowClient(uri).search_experiments(max_results=1), what="store migration")
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    _PREPARED.add(uri)
 
 
 def project_root() -> Path:
@@ -95,14 +184,17 @@ class RunLogger:
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         import mlflow
 
-        mlflow.log_metrics(metrics, step=step, run_id=self.run_id)
+        retry_locked(lambda: mlflow.log_metrics(metrics, step=step, run_id=self.run_id), what="log_metrics")
 
     def on_sample(self, step: int, png: Path) -> None:
         from PIL import Image
 
         with Image.open(png) as im:
-            # key + step: MLflow's UI shows the grids on a step slider
-            self.client.log_image(self.run_id, im.copy(), key="samples", step=step)
+            img = im.copy()
+        # key + step: MLflow's UI shows the grids on a step slider
+        retry_locked(
+            lambda: self.client.log_image(self.run_id, img, key="samples", step=step), what="log_image"
+        )
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
@@ -110,77 +202,121 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         import mlflow
 
-        mlflow.log_metrics(metrics, run_id=self.run_id)
+        retry_locked(lambda: mlflow.log_metrics(metrics, run_id=self.run_id), what="log_metrics")
 
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
 def _experiment_id(name: str, root: Path) -> str:
+    """Get or create the experiment ``name``, safe against a concurrent creator."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    # Pin a local store's artifacts to <root>/mlartifacts (MLflow's default is ./mlruns relative to the
+    # cwd); a tracking server chooses its own artifact store.
+    location = (root / "mlartifacts").as_uri() if mlflow.get_tracking_uri().startswith("sqlite:") else None
+    for _ in range(5):
+        exp = retry_locked(lambda: mlflow.get_experiment_by_name(name))
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments "
+                                    f"restore --experiment-id {exp.experiment_id}`) or set tracking.experiment")  # fmt: skip
+            return exp.experiment_id
+        try:
+            return retry_locked(lambda: mlflow.create_experiment(name, artifact_location=location))
+        except MlflowException as err:
+            if not _already_exists(err):
+                raise
+            # another process created it between our look and our create: look again
+    raise TrackingError(f"could not get or create MLflow experiment {name!r}")
+
+
+@contextmanager
+def _ending(run: Any) -> Iterator[None]:
+    """End the active ``run`` like ``with run:`` does (FINISHED, or FAILED / KILLED on an exception), with
+    the status write retried while sqlite is locked (it is the last write of every run)."""
     import mlflow
 
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    # Pin artifacts to <root>/mlartifacts: MLflow's default is ./mlruns relative to whatever the cwd is.
-    return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri())
+    status = "FINISHED"
+    try:
+        yield
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        retry_locked(lambda: mlflow.end_run(status), what="end_run")
+
+
+def _run_finished(client: Any, run: Any) -> bool:
+    """A run is finished (and so frozen) once it ended normally or its export was logged."""
+    return run.info.status == "FINISHED" or bool(client.list_artifacts(run.info.run_id, "checkpoint"))
 
 
 @contextmanager
 def start_run(
     params: Params,
     *,
-    entry_point: str,
+    ctx: RunContext,
     data_hash: str,
     run_name: str | None = None,
     resume_run_id: str | None = None,
     root: Path | None = None,
 ) -> Iterator[RunLogger]:
-    """Open (or resume) an MLflow run with flattened params and provenance tags.
+    """Open an MLflow run with flattened params and provenance tags; continue an unfinished one.
+
+    A finished run is a recorded fact: training that goes on from its checkpoint (more ``gan.steps``, a retry
+    after success, another experiment) gets a new run tagged ``resumed_from`` = that run. Only a run that
+    never finished (interrupted, killed) is continued, so its artifacts are written exactly once.
 
     Args:
         params: all parameters, logged flattened (``gan.lr_d``).
-        entry_point: what started the run (``dvc``, ``cli``, ``prefect``), logged as a tag.
+        ctx: who started it (entry point, flow run, DVC experiment), logged as tags.
         data_hash: the prepared dataset's content hash, logged as tag ``dataset_hash``.
         run_name: optional run name.
-        resume_run_id: continue this run (a resumed training) when it exists in the store.
+        resume_run_id: the run of the checkpoint training resumes from, if any.
         root: project root (default :func:`project_root`).
 
     Raises:
         TrackingError: the store cannot be reached (checked before the run opens).
     """
     import mlflow
+    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     root = root or project_root()
-    uri = tracking_uri(root)
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(root)
     exp_id = _experiment_id(params.tracking.experiment, root)
-    run = None
+    client = MlflowClient()
+    run, resumed_from = None, None
     if resume_run_id:
         try:
-            if mlflow.get_run(resume_run_id).info.experiment_id == exp_id:
-                run = mlflow.start_run(run_id=resume_run_id)
+            prev = client.get_run(resume_run_id)
         except MlflowException:
-            run = None  # a checkpoint from another store: start a new run
-    resumed = run is not None
+            prev = None  # a checkpoint from another store: start a new run
+        if prev is not None and prev.info.experiment_id == exp_id:
+            if _run_finished(client, prev):
+                resumed_from = resume_run_id
+            else:
+                run = retry_locked(lambda: mlflow.start_run(run_id=resume_run_id))
+    continued = run is not None
     if run is None:
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
-    with run:
-        if not resumed:
-            mlflow.log_params(params.flat())
+        run = retry_locked(lambda: mlflow.start_run(experiment_id=exp_id, run_name=run_name))
+    with _ending(run):
+        if not continued:
+            retry_locked(lambda: mlflow.log_params(params.flat()))
         tags = {
             "git_commit": git_commit(root),
             "dataset_hash": data_hash,
-            "entry_point": entry_point,
             "data_source": params.data.source,
+            **ctx.tags(),
         }
-        if os.environ.get("DVC_EXP_NAME"):
-            tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
-        if os.environ.get("GANOPS_FLOW_RUN_ID"):
-            tags["prefect_flow_run_id"] = os.environ["GANOPS_FLOW_RUN_ID"]
-        mlflow.set_tags(tags)
+        if resumed_from:
+            tags["resumed_from"] = resumed_from
+        retry_locked(lambda: mlflow.set_tags(tags))
         yield RunLogger(run.info.run_id)
 
 
@@ -188,11 +324,12 @@ def start_run(
 
 
 def use_store(root: Path | None = None) -> str:
-    """Point MLflow at the project's store (checked first); returns the URI."""
+    """Point MLflow at the project's store (checked, created / migrated once); returns the URI."""
     import mlflow
 
     uri = tracking_uri(root)
     check_reachable(uri)
+    prepare_store(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -220,16 +357,80 @@ def log_to_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> 
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(
+    retry_locked(lambda: MlflowClient().log_batch(
         run_id,
         metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
         tags=[RunTag(k, str(v)) for k, v in tags.items()],
-    )
+    ))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- model registry
 
-_META_KEYS = ("run_id", "dataset_hash", "extractor", "export")
+_META_KEYS = ("run_id", "dataset_hash", "extractor", "export", "data_limit")
+
+
+def _ensure_registered_model(c: Any, name: str, description: str = "") -> None:
+    """Get or create the registered model ``name``, safe against a concurrent creator."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        retry_locked(lambda: c.get_registered_model(name))
+        return
+    except MlflowException as err:
+        if getattr(err, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        retry_locked(lambda: c.create_registered_model(name, description=description or None))
+    except MlflowException as err:
+        if not _already_exists(err):
+            raise
+
+
+@contextmanager
+def registry_lock(name: str, *, timeout: float = 120.0, stale_after: float = 120.0) -> Iterator[None]:
+    """Hold the promotion lock of registered model ``name`` (a mutex kept in the tracking store itself).
+
+    The lock is a registered model ``<name>.lock``: creating one that exists fails atomically in the store's
+    database (sqlite or the tracking server's PostgreSQL alike), so exactly one process holds it, on any
+    machine that shares the store. It is deleted on release; one older than ``stale_after`` seconds (its
+    holder died mid-promotion) is taken over.
+
+    Raises:
+        TrackingError: not acquired within ``timeout`` seconds.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    c, lock = MlflowClient(), f"{name}.lock"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            retry_locked(lambda: c.create_registered_model(
+                lock, tags={"owner": owner, "since": repr(time.time())},
+                description=f"ganops: held while a promotion of {name} decides; deleted when it is done"))  # fmt: skip
+            break
+        except MlflowException as err:
+            if not _already_exists(err):
+                raise
+        try:
+            held = c.get_registered_model(lock)
+            if time.time() - float(held.tags.get("since", "inf")) > stale_after:
+                log.warning(
+                    "taking over the stale promotion lock %s held by %s", lock, held.tags.get("owner")
+                )
+                c.delete_registered_model(lock)
+                continue
+        except MlflowException:
+            continue  # released between our create and our look: try again at once
+        if time.monotonic() > deadline:
+            raise TrackingError(f"promotion lock {lock} is held by {held.tags.get('owner')} for over {timeout:.0f} s; "
+                                f"if no promotion is running, delete the registered model {lock}")  # fmt: skip
+        time.sleep(0.05 + 0.1 * random.random())
+    try:
+        yield
+    finally:
+        retry_locked(lambda: c.delete_registered_model(lock), what="release promotion lock")
 
 
 def _version_facts(mv: Any) -> dict[str, Any]:
@@ -255,18 +456,14 @@ def register_generator(
         The version's facts (as :func:`champion` returns them).
     """
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     c = MlflowClient()
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(
-            name, description="ganops DCGAN generators: checkpoint folder (weights + config.json)"
-        )
+    _ensure_registered_model(c, name, "ganops DCGAN generators: checkpoint folder (weights + config.json)")
     source = f"runs:/{run_id}/{artifact_path}"
     existing = [
-        mv for mv in c.search_model_versions(f"name='{name}' and run_id='{run_id}'") if mv.source == source
+        mv
+        for mv in retry_locked(lambda: c.search_model_versions(f"name='{name}' and run_id='{run_id}'"))
+        if mv.source == source
     ]
     if existing:
         return _version_facts(existing[0])
@@ -276,7 +473,7 @@ def register_generator(
         for k, v in facts.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    mv = retry_locked(lambda: c.create_model_version(name, source=source, run_id=run_id, tags=tags))
     return _version_facts(mv)
 
 
@@ -286,7 +483,7 @@ def champion(name: str, alias: str) -> dict[str, Any] | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _version_facts(MlflowClient().get_model_version_by_alias(name, alias))
+        return _version_facts(retry_locked(lambda: MlflowClient().get_model_version_by_alias(name, alias)))
     except MlflowException:
         return None
 
@@ -294,7 +491,14 @@ def champion(name: str, alias: str) -> dict[str, Any] | None:
 def set_alias(name: str, alias: str, version: int) -> None:
     from mlflow import MlflowClient
 
-    MlflowClient().set_registered_model_alias(name, alias, str(version))
+    retry_locked(lambda: MlflowClient().set_registered_model_alias(name, alias, str(version)))
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """The params a run was logged with (flattened keys)."""
+    from mlflow import MlflowClient
+
+    return dict(retry_locked(lambda: MlflowClient().get_run(run_id)).data.params)
 
 
 def download_champion(name: str, alias: str, dst: Path | None = None) -> tuple[Path, dict[str, Any]]:
@@ -320,7 +524,7 @@ def download_champion(name: str, alias: str, dst: Path | None = None) -> tuple[P
 
 @contextmanager
 def style_run(
-    params: Params, *, style: str, content: str, extractor: str, root: Path | None = None
+    params: Params, *, ctx: RunContext, style: str, content: str, extractor: str, root: Path | None = None
 ) -> Iterator[RunLogger]:
     """One MLflow run per (content, style) pair in the experiment ``<tracking.experiment>-stylize``."""
     import mlflow
@@ -328,29 +532,24 @@ def style_run(
     root = root or project_root()
     use_store(root)
     exp_id = _experiment_id(f"{params.tracking.experiment}-stylize", root)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{style}/{content}") as run:
-        mlflow.log_params({k: v for k, v in params.flat().items() if k.startswith(("style.", "base."))})
-        if os.environ.get("GANOPS_FLOW_RUN_ID"):
-            mlflow.set_tag("prefect_flow_run_id", os.environ["GANOPS_FLOW_RUN_ID"])
-        mlflow.set_tags({"style": style, "content": content, "extractor": extractor,
-                         "git_commit": git_commit(root),
-                         "entry_point": "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("GANOPS_ENTRY_POINT", "cli")})  # fmt: skip
+    run = retry_locked(lambda: mlflow.start_run(experiment_id=exp_id, run_name=f"{style}/{content}"))
+    with _ending(run):
+        style_params = {k: v for k, v in params.flat().items() if k.startswith(("style.", "base."))}
+        retry_locked(lambda: mlflow.log_params(style_params))
+        tags = {"style": style, "content": content, "extractor": extractor, "git_commit": git_commit(root)}
+        retry_locked(lambda: mlflow.set_tags(tags | ctx.tags()))
         yield RunLogger(run.info.run_id)
 
 
 def register_folder(run_id: str, artifact_path: str, name: str, alias: str, tags: dict[str, Any]) -> int:
     """Register ``runs:/<run_id>/<artifact_path>`` as a new version of ``name`` and point ``alias`` at it."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     c = MlflowClient()
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name)
-    mv = c.create_model_version(name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
-                                tags={k: str(v) for k, v in tags.items()})  # fmt: skip
-    c.set_registered_model_alias(name, alias, mv.version)
+    _ensure_registered_model(c, name)
+    mv = retry_locked(lambda: c.create_model_version(name, source=f"runs:/{run_id}/{artifact_path}",
+                                                     run_id=run_id, tags={k: str(v) for k, v in tags.items()}))  # fmt: skip
+    set_alias(name, alias, int(mv.version))
     return int(mv.version)
 
 

@@ -40,7 +40,7 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from ganops.augment import diff_augment
-from ganops.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ganops.checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint
 from ganops.config import GanParams
 from ganops.losses import D_LOSSES, G_LOSSES, r1_penalty
 from ganops.models.gan import GANConfig, build, ema_update
@@ -256,6 +256,9 @@ def train_gan(
         }
 
     def restore(state: dict[str, Any]) -> int:
+        # A copy: optimizers adopt the tensors they are given, so restoring `last_good` itself would let
+        # the next steps' in-place Adam updates poison it, and a second rollback would restore NaNs.
+        state = copy.deepcopy(state)
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         if G_ema is not None:
@@ -272,6 +275,8 @@ def train_gan(
         return int(state["step"])
 
     ckpt_path = out / "checkpoint.pt"
+    if main:  # half-written files of a killed run (their atomic renames never happened)
+        remove_stale_temps(out)
     step = 0
     state = load_resumable(ckpt_path, settings, device) if p.resume else None
     if state is not None:

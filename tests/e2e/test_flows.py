@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,9 @@ TINY = ["gan.steps=4", "gan.batch_size=8", "gan.ngf=4", "gan.ndf=4", "gan.latent
         "gan.checkpoint_every=4", "data.image_size=16", "classifier.epochs=1", "evaluate.kid_subset_size=8"]  # fmt: skip
 
 
+STYLE_TINY = ["style.size=32", "style.steps=3", "style.style_layers={relu1_1: 1.0, relu2_1: 1.0}"]
+
+
 def _pictures(folder: Path, n: int, shade: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -36,9 +41,12 @@ def project(tmp_path_factory):
     d = tmp_path_factory.mktemp("flowproj")
     tmp = d / ".home"
     env = project_env(PREFECT_HOME=str(tmp / "prefect"))
-    new_project(
-        d, env, lambda params: params["data"].update(source="folder", root="data/raw/own"), copy=("flows",)
-    )
+
+    def edit(params: dict) -> None:
+        params["data"].update(source="folder", root="data/raw/own")
+        params["style"].update(size=32, steps=3, style_layers={"relu1_1": 1.0, "relu2_1": 1.0})
+
+    new_project(d, env, edit, copy=("flows",))
     _pictures(d / "data/raw/own", 20, 20)
     sh(["dvc", "add", "data/raw/own"], d, env)
     sh(["git", "add", "-A"], d, env)
@@ -140,15 +148,36 @@ def test_invalid_parameter_fails_fast_with_the_key(project):
     assert "gan.lr_dd: unknown key (did you mean gan.lr_d?)" in log
 
 
-def test_style_transfer_deployment_fans_out_pairs(project):
+def test_two_style_flows_and_a_dvc_repro_at_once_do_not_collide(project):
+    # Two style-transfer flow runs and `dvc repro` of the style stages, all at once: each flow writes only
+    # its own workspace (complete, checksummed in DONE.json), DVC's outputs stay exactly what dvc.lock says,
+    # and every MLflow pair run carries the id of the flow run that made it.
     d, env, tmp = project
-    tiny = ["style.size=32", "style.steps=3", "style.style_layers={relu1_1: 1.0, relu2_1: 1.0}"]
-    r = _run(d, env, f"overrides={json.dumps(tiny)}", deployment="style-transfer/local")
-    assert r.returncode == 0, r.stdout + r.stderr + (tmp / "serve.log").read_text()[-3000:]
-    outs = sorted(p.relative_to(d / "data/stylized").as_posix() for p in (d / "data/stylized").rglob("*.png"))
-    assert outs == ["mosaic/china.png", "mosaic/flower.png", "waves/china.png", "waves/flower.png"]
-    assert (d / "data/stylized_sheet.png").is_file()
+    with ThreadPoolExecutor(3) as pool:
+        flows = [pool.submit(_run, d, env, f"overrides={json.dumps(STYLE_TINY)}", deployment="style-transfer/local")
+                 for _ in range(2)]  # fmt: skip
+        repro = pool.submit(sh, ["dvc", "repro", "stylize_sheet"], d, env)
+        results = [f.result() for f in flows]
+        repro.result()
+    ids = []
+    for r in results:
+        assert r.returncode == 0, r.stdout + r.stderr + (tmp / "serve.log").read_text()[-3000:]
+        ids.append(_flow_run_id(r))
+    assert len(set(ids)) == 2
     c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
-    pairs = c.search_runs([c.get_experiment_by_name("ganops-stylize").experiment_id])
-    assert len(pairs) == 4 and len({p.data.tags["prefect_flow_run_id"] for p in pairs}) == 1
-    assert all(p.data.tags["entry_point"] == "prefect" for p in pairs)
+    exp = c.get_experiment_by_name("ganops-stylize").experiment_id
+    for flow_run_id in ids:
+        work = d / ".ganops/flow-runs" / flow_run_id
+        done = json.loads((work / "DONE.json").read_text())
+        paths = sorted(o["path"] for o in done["outputs"])
+        assert paths == ["data/stylized/mosaic/china.png", "data/stylized/mosaic/flower.png",
+                         "data/stylized/waves/china.png", "data/stylized/waves/flower.png",
+                         "data/stylized_sheet.png"]  # fmt: skip
+        for o in done["outputs"]:  # complete files: what was published is what is there
+            assert hashlib.sha256((work / o["path"]).read_bytes()).hexdigest() == o["sha256"]
+        pairs = c.search_runs([exp], f"tags.prefect_flow_run_id = '{flow_run_id}'")
+        assert len(pairs) == 4 and all(p.data.tags["entry_point"] == "prefect" for p in pairs)
+    status = sh(["dvc", "status", "stylize_sheet"], d, env).stdout
+    assert "changed" not in status, status  # DVC's outputs are what dvc.lock recorded
+    dvc_pairs = c.search_runs([exp], "tags.entry_point = 'dvc'")
+    assert len(dvc_pairs) == 4 and not any(p.data.tags.get("prefect_flow_run_id") for p in dvc_pairs)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import socket
+import json
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -12,15 +11,16 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.e2e.project import new_project, project_env, sh
+from tests.e2e.servers import start_server, stop
 
 pytestmark = pytest.mark.e2e
 
 TINY = {
-    "data": {"image_size": 16, "limit": 96},
+    "data": {"image_size": 16, "limit": 0},  # all 1,797 digits: a subset (data.limit) never becomes champion
     "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
             "checkpoint_every": 3, "log_every": 2, "n_samples": 16},
     "classifier": {"epochs": 2},
-    "evaluate": {"kid_subset_size": 20},
+    "evaluate": {"kid_subset_size": 20, "n_samples": 200},
     "style": {"size": 32, "steps": 5, "style_layers": {"relu1_1": 1.0, "relu2_1": 1.0}},
 }  # fmt: skip
 
@@ -121,7 +121,17 @@ def test_exp_run_with_changed_param_is_a_second_mlflow_run(repo):
     assert len(runs) == n_before + 1
     assert runs[-1].data.params["gan.lr_d"] == "0.0001" and runs[0].data.params["gan.lr_d"] == "0.0002"
     assert runs[-1].data.tags.get("dvc_exp_name")
-    assert runs[-1].data.tags.get("promote_decision") in ("promoted", "kept champion")
+    # the decision is the one the numbers call for: the new run's domain FID against the champion's
+    decision = json.loads((d / "metrics/promote.json").read_text())
+    cand, champ = decision["candidate"], decision["champion"]
+    assert cand["run_id"] == runs[-1].info.run_id and champ["run_id"] != cand["run_id"]
+    wins = cand["domain_fid"] < champ["domain_fid"] or (
+        cand["domain_fid"] == champ["domain_fid"] and cand.get("coverage", 0) > champ.get("coverage", 0)
+    )
+    assert decision["promote"] == wins, decision["reason"]
+    assert runs[-1].data.tags["promote_decision"] == ("promoted" if wins else "kept champion")
+    champion = c.get_model_version_by_alias("ganops-generator", "champion")
+    assert champion.run_id == (cand["run_id"] if wins else champ["run_id"])
     assert "Stage 'classifier' didn't change" in out.stdout  # same data: the classifier is reused
     show = sh(["dvc", "exp", "show", "--no-pager", "--md"], d, env).stdout
     assert "0.0001" in show and "loss_d" in show
@@ -148,31 +158,21 @@ def test_queued_sweep_runs_every_point_into_the_project_store(repo):
 
 def test_mlflow_ui_serves_the_store(repo):
     d, env = repo
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+
+    def launch(port: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    proc, port = start_server(launch, "/health")  # a port taken meanwhile is retried on another one
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.5)
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ganops"
         with urllib.request.urlopen(url, timeout=5) as r:
             assert b"ganops" in r.read()
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop(proc)
 
 
 def test_own_images_through_dvc_add_and_exp_run(repo):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ganops.config import DataParams, GanParams, parse_params
 from ganops.data import manifest, prepare
-from ganops.tracking import register_generator, set_alias, start_run
+from ganops.tracking import RunContext, register_generator, set_alias, start_run
 from ganops.train_gan import train_gan
 from tests.e2e.servers import start_server, stop
 
@@ -37,7 +37,7 @@ def make_champion(root: Path, uri: str) -> dict:
                   conditional=True)  # fmt: skip
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        with start_run(parse_params({}), entry_point="test", data_hash="h" * 64, root=root) as run:
+        with start_run(parse_params({}), ctx=RunContext("test"), data_hash="h" * 64, root=root) as run:
             r = train_gan(d.images, p, root / "gan", labels=d.labels, progress=False)
             run.log_artifacts(r.export, "checkpoint")
         facts = register_generator(run.run_id, "ganops-generator",
@@ -67,7 +67,12 @@ def register_style_net(root: Path) -> None:
     atomic_write(folder / "transformer.pt", net.state_dict())
     atomic_write(folder / "config.json", json.dumps({"method": "fast", "model": net.cfg.to_dict()}))
     with style_run(
-        parse_params({}), style="waves", content="(training)", extractor=vgg.name, root=root
+        parse_params({}),
+        ctx=RunContext("test"),
+        style="waves",
+        content="(training)",
+        extractor=vgg.name,
+        root=root,
     ) as run:
         run.log_artifacts(folder, "checkpoint")
         register_folder(run.run_id, "checkpoint", "ganops-style-waves", "champion", {"style": "waves"})

@@ -1,0 +1,55 @@
+import os
+import time
+
+from typer.testing import CliRunner
+
+from ganops.cli import app
+from ganops.workspaces import DONE, flow_run_dir, gc, hold, publish
+
+
+def _workspace(root, name, age_days):
+    d = flow_run_dir(root, name)
+    d.mkdir(parents=True)
+    (d / "x.txt").write_text(name)
+    t = time.time() - age_days * 86400
+    os.utime(d, (t, t))
+    return d
+
+
+def test_gc_keeps_the_newest_and_never_a_held_workspace(tmp_path):
+    old = [_workspace(tmp_path, f"run-{i}", age_days=10 + i) for i in range(4)]
+    new = _workspace(tmp_path, "run-new", age_days=0)
+    with hold(old[3]):  # a running flow holds its workspace
+        gone = gc(tmp_path, keep=1)
+    assert sorted(gone) == sorted(old[:3]) and all(not d.exists() for d in old[:3])
+    assert old[3].exists() and new.exists()
+    t = time.time() - 13 * 86400
+    os.utime(old[3], (t, t))  # holding it touched it; age it again
+    assert gc(tmp_path, keep=0, older_than_days=30) == []  # run-3 is 13 days old, run-new today
+    assert [d.name for d in gc(tmp_path, keep=0, older_than_days=1, dry_run=True)] == ["run-3"]
+    assert old[3].exists()
+
+
+def test_gc_command_lists_what_it_removes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _workspace(tmp_path, "a", 3)
+    _workspace(tmp_path, "b", 1)
+    r = CliRunner().invoke(app, ["gc", "--keep", "1", "--dry-run"])
+    assert r.exit_code == 0 and "would remove .ganops/flow-runs/a" in r.output
+    assert (tmp_path / ".ganops/flow-runs/a").exists()
+    r = CliRunner().invoke(app, ["gc", "--keep", "1"])
+    assert "removed .ganops/flow-runs/a" in r.output and not (tmp_path / ".ganops/flow-runs/a").exists()
+
+
+def test_publish_lists_outputs_with_checksums_written_last(tmp_path):
+    import hashlib
+    import json
+
+    (tmp_path / "out").mkdir()
+    f = tmp_path / "out" / "a.png"
+    f.write_bytes(b"png bytes")
+    done = json.loads(publish(tmp_path, [f], {"flow": "t"}).read_text())
+    assert done["flow"] == "t" and done["outputs"] == [
+        {"path": "out/a.png", "bytes": 9, "sha256": hashlib.sha256(b"png bytes").hexdigest()}
+    ]
+    assert (tmp_path / DONE).is_file()
