@@ -79,6 +79,36 @@ def test_prepare_then_train_then_summary(project, isolated_tracking):
     )
 
 
+def test_unavailable_device_is_a_clear_error(project, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runner = CliRunner()
+    assert runner.invoke(app, ["prepare", *TINY]).exit_code == 0
+    r = runner.invoke(app, ["classifier", "--no-progress", *TINY, "-S", "base.device=cuda"])
+    assert r.exit_code == 2 and "base.device is 'cuda' but CUDA is not available here" in r.output
+
+
+def test_best_export_is_evaluated_and_registered(project, isolated_tracking):
+    # evaluate.export: best scores models/gan/best/ and promote registers the run's checkpoint_best/
+    runner = CliRunner()
+    full = ["data.limit=0" if s == "data.limit=64" else s for s in TINY]  # all the digits: promotable
+    for cmd, extra in ((["prepare"], []), (["classifier", "--no-progress"], ["-S", "classifier.epochs=1"]),
+                       (["train-gan", "--no-progress"], ["-S", "gan.monitor_every=2"])):  # fmt: skip
+        r = runner.invoke(app, [*cmd, *full, *extra])  # later -S wins
+        assert r.exit_code == 0, r.output
+    best = json.loads((project / "models/gan/best/config.json").read_text())
+    r = runner.invoke(app, ["evaluate", *full, "-S", "evaluate.export=best", "-S", "evaluate.n_samples=64",
+                            "-S", "evaluate.kid_subset_size=10"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    ev = json.loads((project / "metrics/evaluate.json").read_text())
+    assert ev["export"] == "best" and ev["step"] == best["step"]
+    r = runner.invoke(app, ["promote", *full])
+    assert r.exit_code == 0 and "v1 is now @champion" in r.output, r.output
+    mv = MlflowClient(isolated_tracking).get_model_version("ganops-generator", "1")
+    assert mv.source.endswith("/checkpoint_best") and mv.tags["export"] == "best"
+
+
 def test_bad_parameter_is_named_and_nothing_runs(project):
     r = CliRunner().invoke(app, ["prepare", "-S", "data.sourse=folder"])
     assert r.exit_code == 2

@@ -215,3 +215,16 @@ def test_pixels_and_content_hash_travel_together(tmp_path):
     assert len(images) == 30 and man["content_hash"] == new["content_hash"]
     save_prepared(prepare(DataParams(image_size=16, limit=30)), out)
     assert not (out / ".dataset.pt.dead.tmp").exists()
+
+
+def test_folder_reads_webp_and_tiff_as_the_readme_says(tmp_path):
+    root = tmp_path / "pics"
+    red = Image.fromarray(np.full((20, 30, 3), (255, 0, 0), np.uint8))
+    blue = Image.fromarray(np.full((30, 20, 3), (0, 0, 255), np.uint8))
+    _png(root / "a.webp", red, lossless=True)
+    _png(root / "b.tif", blue)
+    _png(root / "c.tiff", red)
+    d = prepare(DataParams(source="folder", root=str(root), image_size=16))
+    assert len(d.images) == 3 and not d.skipped
+    means = d.images.float().mean(dim=(2, 3))  # (3, C): file order a.webp, b.tif, c.tiff
+    assert means[0, 0] > 250 and means[0, 2] < 5 and means[1, 2] > 250 and means[1, 0] < 5

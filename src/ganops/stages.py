@@ -21,6 +21,7 @@ from typing import Any
 
 from ganops.config import Params, ParamsError
 from ganops.data import DataError
+from ganops.devices import DeviceError
 from ganops.evaluate import EvaluationError
 from ganops.models.style import StyleWeightsError
 from ganops.stylize import StyleError
@@ -45,6 +46,7 @@ USER_ERRORS = (
     EvaluationError,
     StyleError,
     StyleWeightsError,
+    DeviceError,
 )
 
 
