@@ -46,7 +46,7 @@ def project(tmp_path_factory):
         params["data"].update(source="folder", root="data/raw/own")
         params["style"].update(size=32, steps=3, style_layers={"relu1_1": 1.0, "relu2_1": 1.0})
 
-    new_project(d, env, edit, copy=("flows",))
+    new_project(d, env, edit, copy=("flows", "src"))  # src: dvc.yaml lists it in deps
     _pictures(d / "data/raw/own", 20, 20)
     sh(["dvc", "add", "data/raw/own"], d, env)
     sh(["git", "add", "-A"], d, env)
@@ -181,3 +181,20 @@ def test_two_style_flows_and_a_dvc_repro_at_once_do_not_collide(project):
     assert "changed" not in status, status  # DVC's outputs are what dvc.lock recorded
     dvc_pairs = c.search_runs([exp], "tags.entry_point = 'dvc'")
     assert len(dvc_pairs) == 4 and not any(p.data.tags.get("prefect_flow_run_id") for p in dvc_pairs)
+
+
+def test_a_retried_data_rev_checkout_starts_from_a_clean_copy(project, tmp_path, monkeypatch):
+    # A retried flow run checks out into the same workspace: the copy must not nest into the leftovers
+    # (a nested folder would become a class label).
+    import flows.train_gan as flow_module
+
+    from ganops.config import load_params
+
+    d, _, _ = project
+    monkeypatch.setattr(flow_module, "ROOT", d)
+    params = load_params(d / "params.yaml")
+    dst = tmp_path / "data-rev"
+    for _ in range(2):
+        flow_module.checkout_data(params, "v1", dst)
+        files = sorted(f.relative_to(dst).as_posix() for f in dst.rglob("*") if f.is_file())
+        assert files == [f"img_{i:02d}.png" for i in range(20)]

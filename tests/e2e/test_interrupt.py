@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 # Small nets but enough steps that a signal sent at the first checkpoint lands mid-run.
 TINY = {
     "data": {"image_size": 16, "limit": 96},
-    "gan": {"steps": 1500, "batch_size": 16, "ngf": 8, "ndf": 8, "latent_dim": 8, "sample_every": 500,
+    "gan": {"steps": 600, "batch_size": 16, "ngf": 8, "ndf": 8, "latent_dim": 8, "sample_every": 300,
             "checkpoint_every": 10, "log_every": 50, "n_samples": 16, "monitor_every": 0},
     "classifier": {"epochs": 1},
 }  # fmt: skip

@@ -86,7 +86,7 @@ def test_training_on_past_a_finished_run_is_a_new_run_and_version(repo, tmp_path
     assert second.data.tags["dvc_exp_name"] and second.data.metrics["resumed_from_step"] == 6
 
     v2 = c.search_model_versions(f"name='ganops-generator' and run_id='{second.info.run_id}'")
-    assert len(v2) == 1 and v2[0].version == "2"
+    assert len(v2) == 1 and int(v2[0].version) == 2
     assert _files(c, 1, tmp_path / "v1-after") == before  # v1's files never changed
     assert _files(c, 2, tmp_path / "v2")["generator.pt"] != before["generator.pt"]
     # every version's tags describe its own weights: each run's evaluation, compared by promote
