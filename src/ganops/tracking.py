@@ -93,9 +93,14 @@ _PREPARED: set[str] = set()  # stores this process has already prepared (a cache
 def prepare_store(uri: str) -> None:
     """Create / migrate the tracking store once, before any fan-out, and make sqlite concurrency-friendly.
 
-    For sqlite: under an exclusive file lock (so two first users do not race on MLflow's schema migration),
-    switch the database to WAL (readers never block the writer; persistent in the file) and let MLflow
-    create its tables. A tracking server migrates its own database. Idempotent and cheap after the first call.
+    For sqlite, under an exclusive lock on ``<db>.lock`` (two first users must not race on MLflow's schema
+    migration): a new store is built in a temp file beside it and renamed into place, so a kill during
+    MLflow's migrations (seconds of DDL on first use) never leaves a half-built database behind; then the
+    database is switched to WAL (readers never block the writer; persistent in the file). A tracking server
+    migrates its own database. Idempotent and cheap after the first call.
+
+    Raises:
+        TrackingError: the database was left half-migrated by an interrupted upgrade.
     """
     if uri in _PREPARED or not uri.startswith("sqlite:///"):
         _PREPARED.add(uri)
@@ -103,15 +108,32 @@ def prepare_store(uri: str) -> None:
     from mlflow import MlflowClient
 
     path = Path(uri[len("sqlite:///") :])
-    with open(path, "a+b") as f:  # an empty file is an empty sqlite database
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            for stale in path.parent.glob(f"{path.name}.creating-*"):  # a creation that was killed
+                stale.unlink(missing_ok=True)
+            if not _initialised(path):
+                tmp = path.with_name(f"{path.name}.creating-{os.getpid()}")
+                MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # runs every migration
+                os.replace(tmp, path)  # rollback-journal mode: every table is in the file itself
             with sqlite3.connect(path, timeout=30) as con:
+                if con.execute("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp_%'").fetchone():
+                    raise TrackingError(f"MLflow store {path} was interrupted in the middle of a schema upgrade "
+                                        "(a _alembic_tmp_ table is left): restore it from a backup")  # fmt: skip
                 con.execute("PRAGMA journal_mode=WAL")
             retry_locked(lambda: MlflowClient(uri).search_experiments(max_results=1), what="store migration")
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
     _PREPARED.add(uri)
+
+
+def _initialised(path: Path) -> bool:
+    """Whether ``path`` is an sqlite database MLflow has created (it records its schema in alembic_version)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with sqlite3.connect(path, timeout=30) as con:
+        return bool(con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone())
 
 
 def project_root() -> Path:
