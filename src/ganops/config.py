@@ -126,7 +126,7 @@ class StyleParams(_Group):
     style_dir: str = "data/style/styles"
     styles: dict[str, dict[str, float]] = Field(default_factory=lambda: {"waves": {"waves": 1.0}})
     method: Literal["gatys", "fast"] = "gatys"
-    weights: Literal["pretrained", "random"] = "pretrained"
+    weights: Literal["caffe-q8", "pretrained", "random"] = "caffe-q8"
     size: int = Field(256, ge=16, le=4096)
     max_side: int = Field(1024, ge=16)
     content_layer: str = "relu4_2"
