@@ -7,7 +7,6 @@ from ganops.losses import gram, style_loss, tv_loss
 from ganops.models.style import StyleWeightsError, TransformerNet, build_vgg
 from ganops.stylize import (
     StyleError,
-    contact_sheet,
     fast_stylize,
     gatys,
     keep_luminance,
@@ -118,8 +117,3 @@ def test_pretrained_without_cache_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(StyleWeightsError) as e:
         build_vgg("pretrained", ["relu1_1"], download=False)
     assert "vgg19-dcbb9e9d.pth" in str(e.value) and str(tmp_path / "hub" / "checkpoints") in str(e.value)
-
-
-def test_contact_sheet_layout():
-    sheet = contact_sheet([torch.rand(1, 3, 20, 30)] * 2, {"a": [torch.rand(1, 3, 20, 30)] * 2}, tile=16)
-    assert sheet.shape == (1, 3, 2 * 20 + 4, 2 * 20 + 4)  # 2 rows x 2 columns of 16 px tiles, 4 px gaps

@@ -308,28 +308,3 @@ def train_fast(
 def fast_stylize(net: TransformerNet, image: torch.Tensor) -> torch.Tensor:
     """One forward pass: (1, 3, H, W) -> (1, 3, H, W), any size."""
     return net(image)
-
-
-# ----------------------------------------------------------------------------- contact sheet
-
-
-def contact_sheet(
-    contents: list[torch.Tensor], rows: dict[str, list[torch.Tensor]], tile: int = 160
-) -> torch.Tensor:
-    """A grid a person can read: first row the content images, then one row per style."""
-
-    def fit(x: torch.Tensor) -> torch.Tensor:
-        y = resize_long(x, tile)
-        ph, pw = tile - y.shape[-2], tile - y.shape[-1]
-        return F.pad(y, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=1.0)
-
-    pad = 4
-    lines = [contents] + list(rows.values())
-    H = len(lines) * (tile + pad) + pad
-    W = len(contents) * (tile + pad) + pad
-    sheet = torch.ones(1, 3, H, W)
-    for r, line in enumerate(lines):
-        for c, im in enumerate(line):
-            y0, x0 = pad + r * (tile + pad), pad + c * (tile + pad)
-            sheet[..., y0 : y0 + tile, x0 : x0 + tile] = fit(im)
-    return sheet

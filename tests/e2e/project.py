@@ -14,7 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "data/.gitignore",
-                  "models/.gitignore"]  # fmt: skip
+                  "models/.gitignore", "data/paintings/README.md", "data/paintings/starry_night.jpg",
+                  "data/paintings/the_scream.jpg", "data/paintings/shipwreck.jpg"]  # fmt: skip
 
 
 def sh(

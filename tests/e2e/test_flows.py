@@ -139,9 +139,11 @@ def test_style_transfer_deployment_fans_out_pairs(project):
     r = _run(d, env, f"overrides={json.dumps(tiny)}", deployment="style-transfer/local")
     assert r.returncode == 0, r.stdout + r.stderr + (tmp / "serve.log").read_text()[-3000:]
     outs = sorted(p.relative_to(d / "data/stylized").as_posix() for p in (d / "data/stylized").rglob("*.png"))
-    assert outs == ["mosaic/china.png", "mosaic/flower.png", "waves/china.png", "waves/flower.png"]
+    assert outs == [
+        f"{s}/{c}.png" for s in ("shipwreck", "starry_night", "the_scream") for c in ("china", "flower")
+    ]
     assert (d / "data/stylized_sheet.png").is_file()
     c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
     pairs = c.search_runs([c.get_experiment_by_name("ganops-stylize").experiment_id])
-    assert len(pairs) == 4 and len({p.data.tags["prefect_flow_run_id"] for p in pairs}) == 1
+    assert len(pairs) == 6 and len({p.data.tags["prefect_flow_run_id"] for p in pairs}) == 1
     assert all(p.data.tags["entry_point"] == "prefect" for p in pairs)
