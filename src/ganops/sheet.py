@@ -38,11 +38,14 @@ class SheetStyle:
 
     @property
     def label(self) -> str:
-        """``name`` alone for a single image of the same name; else the blend, e.g. ``mix: a 0.7 + b 0.3``."""
-        if len(self.images) == 1 and self.images[0][0] == self.name:
-            return self.name
-        parts = " + ".join(f"{n} {w:g}" for n, _, w in self.images)
-        return f"{self.name}: {parts}"
+        return blend_label(self.name, {n: w for n, _, w in self.images})
+
+
+def blend_label(name: str, blend: dict[str, float]) -> str:
+    """``name`` alone for a single image of the same name; else the blend, e.g. ``mix: a 0.7 + b 0.3``."""
+    if list(blend) == [name]:
+        return name
+    return f"{name}: " + " + ".join(f"{n} {w:g}" for n, w in blend.items())
 
 
 def _pil(x: torch.Tensor) -> Image.Image:

@@ -237,7 +237,7 @@ def gatys(
         side = max(16, round(p.size * scale))
         c = resize_long(content, side)
         with torch.no_grad():
-            c_feat = vgg(c)[p.content_layer]
+            c_feat = vgg(c, upto=p.content_layer)[p.content_layer]
         grams = style_targets(styles, vgg, list(p.style_layers), round(side * p.style_scale))
         if x is None:
             noise = torch.rand(c.shape, generator=g)
@@ -289,7 +289,7 @@ def train_fast(
         x = torch.cat(batch)  # (B, 3, crop, crop)
         y = net(x)
         with torch.no_grad():
-            target = vgg(x)[p.content_layer]
+            target = vgg(x, upto=p.content_layer)[p.content_layer]
         feats = vgg(y)
         lc = p.content_weight * content_loss(feats[p.content_layer], target)
         ls = p.style_weight * style_loss(feats, grams, p.style_layers)

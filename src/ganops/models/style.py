@@ -69,10 +69,13 @@ class VGGFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self._at = {VGG_LAYERS[n]: n for n in self.layers}
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, upto: str | None = None) -> dict[str, torch.Tensor]:
+        """Activations of every layer in use, or only those up to ``upto`` (no deeper layer is run:
+        a content target needs relu4_2, not the style's relu5_1)."""
         out = {}
+        stop = VGG_LAYERS[upto] if upto else len(self.body) - 1
         h = (x - self.mean) / self.std  # type: ignore[operator]  # buffers are tensors
-        for i, m in enumerate(self.body):
+        for i, m in enumerate(self.body[: stop + 1]):
             h = m(h)
             if i in self._at:
                 out[self._at[i]] = h
