@@ -43,7 +43,15 @@ from ganops.config import StyleParams  # noqa: E402
 from ganops.losses import content_loss, gram, style_loss, tv_loss  # noqa: E402
 from ganops.models.style import VGG_LAYERS, TransformerNet, build_vgg  # noqa: E402
 from ganops.sheet import SheetStyle, labelled_sheet, save_png  # noqa: E402
-from ganops.stylize import fast_stylize, gatys, list_images, load_image, resize_long, train_fast  # noqa: E402
+from ganops.stylize import (  # noqa: E402
+    fast_precision,
+    fast_stylize,
+    gatys,
+    list_images,
+    load_image,
+    resize_long,
+    train_fast,
+)
 
 RESULTS = ROOT / "bench/results"
 LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
@@ -255,6 +263,7 @@ def fast(a: argparse.Namespace) -> dict:
         print(f"step seconds: reference {ref_s[-1]:.3f}, ganops {ours_s[-1]:.3f}", flush=True)
     ref_m, ours_m = statistics.median(ref_s), statistics.median(ours_s)
     res: dict = {"style": a.style, "size": a.size, "batch": a.batch, "extractor": vgg.name,
+                 "precision": fast_precision(p.fast_precision),
                  "step_seconds": {"reference": ref_m, "ganops": ours_m, "rounds": a.rounds,
                                   "steps_per_round": a.time_steps},
                  "speed_ratio": ref_m / ours_m}  # fmt: skip

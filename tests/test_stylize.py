@@ -92,12 +92,15 @@ def test_fast_net_keeps_the_size(h, w):
     assert fast_stylize(net, torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
 
 
-def test_train_fast_lowers_its_loss(vgg):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_train_fast_lowers_its_loss(vgg, precision):
     seen = []
-    p = P.model_copy(update={"fast_steps": 20, "fast_batch_size": 2, "fast_width": 8, "fast_lr": 5e-3})
+    p = P.model_copy(update={"fast_steps": 20, "fast_batch_size": 2, "fast_width": 8, "fast_lr": 5e-3,
+                             "fast_precision": precision})  # fmt: skip
     net = train_fast([torch.rand(1, 3, 40, 48)], [(torch.rand(1, 3, 32, 32), 1.0)], vgg, p,
                      on_metrics=lambda s, m: seen.append(m["fast_total"]))  # fmt: skip
     assert not net.training and len(seen) == 2 and seen[-1] < seen[0]
+    assert net.precision == precision and next(net.parameters()).dtype == torch.float32  # weights stay fp32
 
 
 def test_load_image_errors_name_the_file(tmp_path):

@@ -169,6 +169,7 @@ class StyleParams(_Group):
     fast_batch_size: int = Field(4, ge=1)
     fast_lr: float = Field(1e-3, gt=0)
     fast_width: int = Field(32, ge=4)
+    fast_precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

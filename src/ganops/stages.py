@@ -366,7 +366,8 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, progress: boo
             )
             atomic_write(models / "transformer.pt", job.net.state_dict())
             atomic_write(models / "config.json", json.dumps({"method": "fast", "model": job.net.cfg.to_dict(),
-                         "style": style, "blend": sp.styles[style], "extractor": vgg.name}, indent=2))  # fmt: skip
+                         "style": style, "blend": sp.styles[style], "extractor": vgg.name,
+                         "precision": job.net.precision}, indent=2))  # fmt: skip
             run.log_artifacts(models, "checkpoint")
             version = register_folder(run.run_id, "checkpoint", f"ganops-style-{style}", "champion",
                                       {"style": style, "extractor": vgg.name})  # fmt: skip

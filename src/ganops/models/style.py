@@ -234,6 +234,7 @@ class TransformerNet(nn.Module):
     def __init__(self, cfg: TransformerConfig = TransformerConfig()):
         super().__init__()
         self.cfg = cfg
+        self.precision = "fp32"  # how it was trained (ganops.stylize.train_fast sets it); it runs in fp32
         w = cfg.width
         self.net = nn.Sequential(
             _conv(3, w, 9), nn.InstanceNorm2d(w, affine=True), nn.ReLU(True),  # (B, w, H, W)
