@@ -202,7 +202,9 @@ def sheets(a: argparse.Namespace) -> dict:
     paintings = [(f.stem, load_image(f, 512)) for f in list_images(a.paintings)]
     out: dict = {}
     for weights in a.weights:
-        p = StyleParams.model_validate({"weights": weights, "size": a.size, "steps": a.steps})  # calibrated
+        # the calibrated weights unless --style-weight / --tv-weight override them (a calibration sweep)
+        given = {"style_weight": a.style_weight, "tv_weight": a.tv_weight}
+        p = StyleParams.model_validate({"weights": weights, "size": a.size, "steps": a.steps, **given})
         vgg = build_vgg(weights, [p.content_layer, *p.style_layers])
         columns, pairs, t_all = [], {}, time.perf_counter()
         for name, style in paintings:
@@ -218,7 +220,7 @@ def sheets(a: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - t_all
         caption = (f"{vgg.name}\ncontent {p.content_weight:g}\nstyle {p.style_weight:g}\ntv {p.tv_weight:g}\n"
                    f"{p.size} px, {p.steps} evals\n{seconds:.0f} s in all")  # fmt: skip
-        png = RESULTS / f"style_sheet_{weights}.png"
+        png = a.out.parent / f"{a.out.stem.replace('style_sheets', 'style_sheet')}_{weights}.png"
         save_png(labelled_sheet(contents, columns, tile=a.tile, caption=caption), png)
         out[weights] = {"extractor": vgg.name, "weights": [p.content_weight, p.style_weight, p.tv_weight],
                         "sheet": str(png.relative_to(ROOT)), "seconds": round(seconds, 1), "pairs": pairs}  # fmt: skip
@@ -312,6 +314,8 @@ def main() -> None:
         c.add_argument("--out", type=Path, default=RESULTS / out)
     sub.choices["sheets"].add_argument("--photos", type=Path, help="more content photos (a folder)")
     sub.choices["sheets"].add_argument("--tile", type=int, default=200)
+    sub.choices["sheets"].add_argument("--style-weight", type=float, help="instead of the calibrated one")
+    sub.choices["sheets"].add_argument("--tv-weight", type=float, help="instead of the calibrated one")
     f = sub.choices["fast"]
     f.add_argument("--style", default="starry_night", help="painting (file stem in --paintings)")
     f.add_argument("--batch", type=int, default=4)
