@@ -42,7 +42,7 @@ import fast_neural_style_ref as fns_ref  # noqa: E402
 from ganops.config import StyleParams  # noqa: E402
 from ganops.losses import content_loss, gram, style_loss, tv_loss  # noqa: E402
 from ganops.models.style import VGG_LAYERS, TransformerNet, build_vgg  # noqa: E402
-from ganops.sheet import SheetStyle, labelled_sheet, save_png  # noqa: E402
+from ganops.sheet import SheetStyle, labelled_sheet  # noqa: E402
 from ganops.stylize import (  # noqa: E402
     fast_precision,
     fast_stylize,
@@ -173,6 +173,12 @@ def gatys_vs_tutorial(a: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- sheets per extractor
 
 
+def save_jpg(img, path: Path) -> None:  # noqa: ANN001 - a PIL image
+    """Sheets are committed with the results: JPEG (quality 85) keeps them ~100 KB."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, quality=85)
+
+
 def photos(extra: Path | None) -> list[tuple[str, torch.Tensor]]:
     """scikit-learn's two sample photos (as stage style_inputs writes them), then those in ``extra``."""
     from ganops.style_inputs import write_defaults
@@ -220,8 +226,8 @@ def sheets(a: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - t_all
         caption = (f"{vgg.name}\ncontent {p.content_weight:g}\nstyle {p.style_weight:g}\ntv {p.tv_weight:g}\n"
                    f"{p.size} px, {p.steps} evals\n{seconds:.0f} s in all")  # fmt: skip
-        png = a.out.parent / f"{a.out.stem.replace('style_sheets', 'style_sheet')}_{weights}.png"
-        save_png(labelled_sheet(contents, columns, tile=a.tile, caption=caption), png)
+        png = a.out.parent / f"{a.out.stem.replace('style_sheets', 'style_sheet')}_{weights}.jpg"
+        save_jpg(labelled_sheet(contents, columns, tile=a.tile, caption=caption), png)
         out[weights] = {"extractor": vgg.name, "weights": [p.content_weight, p.style_weight, p.tv_weight],
                         "sheet": str(png.relative_to(ROOT)), "seconds": round(seconds, 1), "pairs": pairs}  # fmt: skip
     return {"size": a.size, "steps": a.steps, "per_extractor": out}
@@ -286,10 +292,10 @@ def fast(a: argparse.Namespace) -> dict:
                 "loss_ratio": f_loss["total"] / g_loss["total"],
             }
             print(photo, res["pairs"][photo], flush=True)
-            save_png(labelled_sheet([(photo, c)], [SheetStyle("fast", [(a.style, style, 1.0)], [fast_img]),
+            save_jpg(labelled_sheet([(photo, c)], [SheetStyle("fast", [(a.style, style, 1.0)], [fast_img]),
                                                    SheetStyle("gatys", [(a.style, style, 1.0)], [g.image])],
                                     tile=256, caption=f"{vgg.name}\nfast {a.train_steps} steps\nvs gatys {p.steps} evals"),
-                     RESULTS / f"style_fast_{photo}.png")  # fmt: skip
+                     RESULTS / f"style_fast_{photo}.jpg")  # fmt: skip
     return res
 
 
