@@ -1,17 +1,24 @@
-"""Benchmark: ganops' Gatys style transfer vs the PyTorch tutorial's recipe, same run, same weights.
+"""Benchmarks of ganops' style transfer, three subcommands (results in bench/results/, BENCHMARKS.md):
 
-Reference (pytorch.org "Neural Transfer Using PyTorch"): the full VGG19 feature stack run on every
-evaluation, losses taken at the same layers, L-BFGS without line search stepped until 300 loss
-evaluations, pixels clamped inside the closure. ganops: `ganops.stylize.gatys` with its own schedule
-(--scales, --steps evaluations per scale, L-BFGS with strong-Wolfe line search, VGG cut after the deepest layer used).
-Both final images are scored with one loss function at full size, so "final loss" compares like with
-like. Also: fast-net (TransformerNet) inference time at the same size.
+    python bench/style_transfer.py sheets                  # labelled sheets + losses per feature extractor
+    python bench/style_transfer.py fast                    # fast-net training step vs pytorch/examples; loss vs Gatys
+    python bench/style_transfer.py gatys                   # Gatys vs the PyTorch tutorial's recipe (time, loss)
 
-    python bench/style_transfer.py                                # 256 px, reference 300 evaluations
-    python bench/style_transfer.py --size 128 --ref-evals 100 --steps 40   # quicker look
+`sheets`: every photo x painting through Gatys with each extractor's calibrated default weights
+(config.CALIBRATED_WEIGHTS) at the demo's size and evaluations; one labelled sheet per extractor
+(bench/results/style_sheet_<weights>.png) and the final content / style / TV losses and seconds per pair.
+Photos: scikit-learn's two samples, plus any --photos folder; paintings: data/paintings.
 
-Offline machines have no ImageNet VGG19: --weights random (the default here) compares the two recipes on
-the same seeded random-weight VGG19; with the weights cached, --weights pretrained.
+`fast`: seconds per training step of ganops' fast net (`train_fast`: TransformerNet width 32, VGG19 to
+relu5_1, content relu4_2) vs the pytorch/examples fast_neural_style training loop (bench/
+fast_neural_style_ref.py: the same TransformerNet shape, VGG16 to relu4_3, content relu2_2), same crop
+size and batch, alternating rounds in one process; then a fast net trained on the photos, its output's
+loss vs Gatys's final loss on each photo with the same weights (one loss function scores both).
+
+`gatys` (Gatys vs the PyTorch tutorial, same weights): reference = the full VGG19 stack every evaluation,
+L-BFGS stepped until 300 evaluations, pixels clamped inside the closure; ganops = `gatys` with its
+coarse-to-fine schedule (--scales, --steps evaluations per scale), VGG cut after the deepest layer used.
+Both final images are scored with one loss function at full size. Also fast-net inference time.
 """
 
 from __future__ import annotations
@@ -19,22 +26,49 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.models import VGG19_Weights, vgg19
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import fast_neural_style_ref as fns_ref  # noqa: E402
 from ganops.config import StyleParams  # noqa: E402
 from ganops.losses import content_loss, gram, style_loss, tv_loss  # noqa: E402
 from ganops.models.style import VGG_LAYERS, TransformerNet, build_vgg  # noqa: E402
-from ganops.style_inputs import mosaic  # noqa: E402
-from ganops.stylize import fast_stylize, gatys, resize_long  # noqa: E402
+from ganops.sheet import SheetStyle, labelled_sheet  # noqa: E402
+from ganops.stylize import (  # noqa: E402
+    fast_precision,
+    fast_stylize,
+    gatys,
+    list_images,
+    load_image,
+    resize_long,
+    train_fast,
+)
 
+RESULTS = ROOT / "bench/results"
 LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
 CONTENT = "relu4_2"
+
+
+def mosaic(size: int = 256, cells: int = 60, seed: int = 0) -> np.ndarray:
+    """The texture the `gatys` comparison was measured with: Voronoi tiles with dark grout, (size, size, 3)."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(0, size, (cells, 2))
+    colours = rng.integers(40, 256, (cells, 3))
+    y, x = np.mgrid[0:size, 0:size]
+    d = np.hypot(x[..., None] - pts[:, 0], y[..., None] - pts[:, 1])  # (size, size, cells)
+    order = np.sort(d, axis=-1)
+    img = colours[d.argmin(-1)].astype(np.float64)
+    img[(order[..., 1] - order[..., 0]) < 2.0] = 25  # grout between tiles
+    return img.astype(np.uint8)
 
 
 def full_stack(weights: str, seed: int) -> torch.nn.Sequential:
@@ -99,16 +133,7 @@ def score(x, content, style, vgg, p: StyleParams) -> float:
                      + p.tv_weight * tv_loss(x))  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--weights", choices=["random", "pretrained"], default="random")
-    ap.add_argument("--ref-evals", type=int, default=300)
-    ap.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0])
-    ap.add_argument("--steps", type=int, default=110, help="ganops: loss evaluations per scale")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/style_transfer.json")
-    a = ap.parse_args()
-
+def gatys_vs_tutorial(a: argparse.Namespace) -> dict:
     from sklearn.datasets import load_sample_images
 
     content = torch.from_numpy(load_sample_images().images[0] / 255.0).float().permute(2, 0, 1)[None]
@@ -142,6 +167,174 @@ def main() -> None:
         "fast_net_seconds_per_image": fast_s,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
     }  # fmt: skip
+    return res
+
+
+# ----------------------------------------------------------------------------- sheets per extractor
+
+
+def save_jpg(img, path: Path) -> None:  # noqa: ANN001 - a PIL image
+    """Sheets are committed with the results: JPEG (quality 85) keeps them ~100 KB."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, quality=85)
+
+
+def photos(extra: Path | None) -> list[tuple[str, torch.Tensor]]:
+    """scikit-learn's two sample photos (as stage style_inputs writes them), then those in ``extra``."""
+    from ganops.style_inputs import write_defaults
+
+    with tempfile.TemporaryDirectory() as d:
+        write_defaults(d)
+        out = [(f.stem, load_image(f, 512)) for f in list_images(Path(d) / "content")]
+    return out + [(f.stem, load_image(f, 512)) for f in (list_images(extra) if extra else [])]
+
+
+def pair_score(x: torch.Tensor, content: torch.Tensor, style: torch.Tensor, vgg, p: StyleParams) -> dict:  # noqa: ANN001
+    """Gatys's objective for ``x`` at the working size (``p.size`` long side), term by term."""
+    with torch.no_grad():
+        c = resize_long(content, p.size)
+        x = torch.nn.functional.interpolate(x, size=c.shape[-2:], mode="bilinear", align_corners=False)
+        s = vgg(resize_long(style, round(p.size * p.style_scale)))
+        grams = {n: gram(s[n]) for n in p.style_layers}
+        f = vgg(x)
+        terms = {"content": p.content_weight * content_loss(f[p.content_layer], vgg(c)[p.content_layer]).item(),
+                 "style": p.style_weight * style_loss(f, grams, p.style_layers).item(),
+                 "tv": p.tv_weight * tv_loss(x).item()}  # fmt: skip
+    return terms | {"total": sum(terms.values())}
+
+
+def sheets(a: argparse.Namespace) -> dict:
+    contents = photos(a.photos)
+    paintings = [(f.stem, load_image(f, 512)) for f in list_images(a.paintings)]
+    out: dict = {}
+    for weights in a.weights:
+        # the calibrated weights unless --style-weight / --tv-weight override them (a calibration sweep)
+        given = {"style_weight": a.style_weight, "tv_weight": a.tv_weight}
+        p = StyleParams.model_validate({"weights": weights, "size": a.size, "steps": a.steps, **given})
+        vgg = build_vgg(weights, [p.content_layer, *p.style_layers])
+        columns, pairs, t_all = [], {}, time.perf_counter()
+        for name, style in paintings:
+            col = SheetStyle(name, [(name, style, 1.0)])
+            for photo, content in contents:
+                t0 = time.perf_counter()
+                r = gatys(content, [(style, 1.0)], vgg, p)
+                pairs[f"{name}/{photo}"] = {**{k: round(v, 5) for k, v in r.losses.items()},
+                                            "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+                col.results.append(r.image)
+                print(weights, name, photo, pairs[f"{name}/{photo}"], flush=True)
+            columns.append(col)
+        seconds = time.perf_counter() - t_all
+        caption = (f"{vgg.name}\ncontent {p.content_weight:g}\nstyle {p.style_weight:g}\ntv {p.tv_weight:g}\n"
+                   f"{p.size} px, {p.steps} evals\n{seconds:.0f} s in all")  # fmt: skip
+        png = a.out.parent / f"{a.out.stem.replace('style_sheets', 'style_sheet')}_{weights}.jpg"
+        save_jpg(labelled_sheet(contents, columns, tile=a.tile, caption=caption), png)
+        out[weights] = {"extractor": vgg.name, "weights": [p.content_weight, p.style_weight, p.tv_weight],
+                        "sheet": str(png.relative_to(ROOT)), "seconds": round(seconds, 1), "pairs": pairs}  # fmt: skip
+    return {"size": a.size, "steps": a.steps, "per_extractor": out}
+
+
+# ----------------------------------------------------------------------------- fast nets
+
+
+def crops(contents: list[torch.Tensor], size: int, batch: int, n: int, seed: int) -> list[torch.Tensor]:
+    """``n`` batches of random ``size`` crops (from photos resized so their short side is >= size)."""
+    g = torch.Generator().manual_seed(seed)
+    pool = [resize_long(c, max(c.shape[-2:]) * size // min(c.shape[-2:]) + 1) for c in contents]
+    out = []
+    for _ in range(n):
+        b = []
+        for _ in range(batch):
+            c = pool[int(torch.randint(len(pool), (1,), generator=g))]
+            i = int(torch.randint(c.shape[-2] - size + 1, (1,), generator=g))
+            j = int(torch.randint(c.shape[-1] - size + 1, (1,), generator=g))
+            b.append(c[..., i : i + size, j : j + size])
+        out.append(torch.cat(b))
+    return out
+
+
+def fast(a: argparse.Namespace) -> dict:
+    named = photos(None)
+    contents = [c for _, c in named]
+    style = load_image(a.paintings / f"{a.style}.jpg", 512)
+    p = StyleParams.model_validate({"weights": a.weights[0], "size": a.size, "steps": a.steps,
+                                    "fast_batch_size": a.batch})  # fmt: skip
+    vgg = build_vgg(p.weights, [p.content_layer, *p.style_layers])
+    # (1) step time: alternating rounds, the same crop size and batch; the reference gets its batches
+    # ready-made (its data loading is not timed), ganops' train_fast samples its own crops inside the step.
+    batches = crops(contents, a.size, a.batch, a.time_steps, seed=1)
+    ref_s, ours_s = [], []
+    for _ in range(a.rounds):
+        ref_s.append(fns_ref.train_steps([b * 255 for b in batches], resize_long(style, a.size) * 255))
+        t0 = time.perf_counter()
+        train_fast(contents, [(style, 1.0)], vgg, p.model_copy(update={"fast_steps": a.time_steps}))
+        ours_s.append((time.perf_counter() - t0) / a.time_steps)
+        print(f"step seconds: reference {ref_s[-1]:.3f}, ganops {ours_s[-1]:.3f}", flush=True)
+    ref_m, ours_m = statistics.median(ref_s), statistics.median(ours_s)
+    res: dict = {"style": a.style, "size": a.size, "batch": a.batch, "extractor": vgg.name,
+                 "precision": fast_precision(p.fast_precision),
+                 "step_seconds": {"reference": ref_m, "ganops": ours_m, "rounds": a.rounds,
+                                  "steps_per_round": a.time_steps},
+                 "speed_ratio": ref_m / ours_m}  # fmt: skip
+    if a.train_steps:
+        # (2) quality: a fast net trained on the photos vs Gatys on each photo, one scorer for both
+        q = p.model_copy(update={"fast_steps": a.train_steps})
+        t0 = time.perf_counter()
+        net = train_fast(contents, [(style, 1.0)], vgg, q, progress=True)
+        res["train_seconds"] = time.perf_counter() - t0
+        res["pairs"] = {}
+        for photo, c in named:
+            fast_img = fast_stylize(net, resize_long(c, p.size))
+            g = gatys(c, [(style, 1.0)], vgg, p)
+            f_loss, g_loss = pair_score(fast_img, c, style, vgg, p), pair_score(g.image, c, style, vgg, p)
+            res["pairs"][photo] = {
+                "fast": f_loss,
+                "gatys": g_loss,
+                "loss_ratio": f_loss["total"] / g_loss["total"],
+            }
+            print(photo, res["pairs"][photo], flush=True)
+            save_jpg(labelled_sheet([(photo, c)], [SheetStyle("fast", [(a.style, style, 1.0)], [fast_img]),
+                                                   SheetStyle("gatys", [(a.style, style, 1.0)], [g.image])],
+                                    tile=256, caption=f"{vgg.name}\nfast {a.train_steps} steps\nvs gatys {p.steps} evals"),
+                     RESULTS / f"style_fast_{photo}.jpg")  # fmt: skip
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gatys", help="Gatys vs the PyTorch tutorial's recipe")
+    g.add_argument("--size", type=int, default=256)
+    g.add_argument("--weights", choices=["random", "pretrained", "caffe-q8"], default="random")
+    g.add_argument("--ref-evals", type=int, default=300)
+    g.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    g.add_argument("--steps", type=int, default=110, help="ganops: loss evaluations per scale")
+    g.add_argument("--out", type=Path, default=RESULTS / "style_transfer.json")
+    for name, size, out in (("sheets", 160, "style_sheets.json"), ("fast", 128, "style_fast.json")):
+        c = sub.add_parser(name)
+        c.add_argument(
+            "--weights", nargs="+", default=["caffe-q8", "random"] if name == "sheets" else ["caffe-q8"]
+        )
+        c.add_argument("--size", type=int, default=size, help="working size (fast: crop size)")
+        c.add_argument("--steps", type=int, default=80, help="Gatys loss evaluations")
+        c.add_argument("--paintings", type=Path, default=ROOT / "data/paintings")
+        c.add_argument("--out", type=Path, default=RESULTS / out)
+    sub.choices["sheets"].add_argument("--photos", type=Path, help="more content photos (a folder)")
+    sub.choices["sheets"].add_argument("--tile", type=int, default=200)
+    sub.choices["sheets"].add_argument("--style-weight", type=float, help="instead of the calibrated one")
+    sub.choices["sheets"].add_argument("--tv-weight", type=float, help="instead of the calibrated one")
+    f = sub.choices["fast"]
+    f.add_argument("--style", default="starry_night", help="painting (file stem in --paintings)")
+    f.add_argument("--batch", type=int, default=4)
+    f.add_argument("--time-steps", type=int, default=8, help="steps per timed round")
+    f.add_argument("--rounds", type=int, default=3)
+    f.add_argument(
+        "--train-steps", type=int, default=0, help="> 0: also train a fast net and compare with Gatys"
+    )
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    res = {"gatys": gatys_vs_tutorial, "sheets": sheets, "fast": fast}[a.cmd](a)
+    res |= {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "machine": platform.machine()}  # fmt: skip
     print(json.dumps(res, indent=2))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2) + "\n")

@@ -67,6 +67,25 @@ def _inputs(params: Params, overrides: list[str], at: stages.Layout) -> Params:
     return load_params(ROOT / "params.yaml", fixed)
 
 
+def report(params: Params, jobs: list[stages.StyleJob], pairs: list[dict], sheet_path: str | None) -> str:
+    """Markdown laid out like the contact sheet: one column per style (with its blend weights), one row
+    per photo, each cell the pair's final loss and seconds; the feature extractor named."""
+    from ganops.sheet import blend_label
+
+    by = {(r["style"], r["content"]): r for r in pairs}
+    contents = sorted({r["content"] for r in pairs})
+    heads = [blend_label(j.style, params.style.styles[j.style]) for j in jobs]
+    lines = ["| photo \\ style | " + " | ".join(heads) + " |", "|---" * (len(jobs) + 1) + "|"]
+    for c in contents:
+        cells = [by.get((j.style, c), {}) for j in jobs]
+        lines.append(f"| {c} | " + " | ".join(
+            f"loss {r.get('final_total', float('nan')):.4g}, {r.get('seconds', float('nan')):.1f} s" for r in cells) + " |")  # fmt: skip
+    extractors = ", ".join(sorted({j.vgg.name for j in jobs}))
+    return (f"# style-transfer\n\nFeature extractor: `{extractors}`; method `{params.style.method}`, "
+            f"{params.style.size} px.\n\n" + "\n".join(lines) +
+            f"\n\nContact sheet (same layout, with the images): `{sheet_path or 'not drawn (a subset of styles ran)'}`\n")  # fmt: skip
+
+
 @flow(name="style-transfer", log_prints=True)
 def style_transfer_flow(
     overrides: list[str] | None = None, styles: list[str] | None = None, keep_runs: int = 20
@@ -95,14 +114,9 @@ def style_transfer_flow(
         path = sheet(params, at) if set(names) == set(params.style.styles) else None
         outputs = [Path(r["output"]) for r in pairs] + ([Path(path)] if path else [])
         workspaces.publish(work, outputs, {"flow": "style-transfer", "flow_run_id": run_id})
-    rows = "\n".join(
-        f"| {r['style']} | {r['content']} | {r.get('final_total', float('nan')):.4g} | {r['seconds']:.1f} | `{r['output']}` |"
-        for r in pairs
-    )
     create_markdown_artifact(
         key="style-transfer-report",
-        markdown=f"# style-transfer\n\n| style | content | final loss | seconds | output |\n|---|---|---|---|---|\n{rows}\n\n"
-        f"Contact sheet: `{path or 'not drawn (a subset of styles ran)'}`\n\nWorkspace: `{work}`\n",
-        description="every pair's loss, time and output; the contact sheet",
+        markdown=report(params, jobs, pairs, path) + f"\nWorkspace: `{work}`\n",
+        description="the contact sheet's layout: styles across, photos down; each pair's loss and time",
     )
     return {"pairs": len(pairs), "sheet": path, "workspace": str(work)}

@@ -2,6 +2,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -188,41 +189,99 @@ STYLE_TINY = [
 ]
 
 
+def paintings(project: Path) -> None:
+    """The shipped default style images, where params.yaml's style.style_dir expects them."""
+    shutil.copytree(ROOT / "data/paintings", project / "data/paintings")
+
+
 def test_style_inputs_stylize_and_sheet(project, isolated_tracking):
     runner = CliRunner()
+    paintings(project)
     r = runner.invoke(app, ["style-inputs"])
     assert r.exit_code == 0 and "china.png, flower.png" in r.output
-    r = runner.invoke(app, ["stylize", "--style", "waves", "--no-progress", *STYLE_TINY])
+    r = runner.invoke(app, ["stylize", "--style", "starry_night", "--no-progress", *STYLE_TINY])
     assert r.exit_code == 0, r.output
-    assert "waves x china.png -> data/stylized/waves/china.png (loss" in r.output
+    assert "starry_night: feature extractor vgg19-caffe-q8, method gatys" in r.output
+    assert "starry_night x china.png -> data/stylized/starry_night/china.png (loss" in r.output
+    m = json.loads((project / "metrics/stylize/starry_night.json").read_text())
+    assert m["extractor"] == "vgg19-caffe-q8" and set(m["pairs"]) == {"china", "flower"}
+    assert m["pairs"]["china"]["final_total"] < m["pairs"]["china"]["start_total"]
     fast = ["-S", "style.method=fast", "-S", "style.fast_steps=3", "-S", "style.fast_width=4"]
-    r = runner.invoke(app, ["stylize", "--style", "mosaic", "--no-progress", *STYLE_TINY, *fast])
-    assert r.exit_code == 0, r.output
-    assert "registered ganops-style-mosaic v1" in r.output
-    assert (project / "models/style/mosaic/transformer.pt").is_file()
+    for style in ("the_scream", "shipwreck"):
+        r = runner.invoke(app, ["stylize", "--style", style, "--no-progress", *STYLE_TINY, *fast])
+        assert r.exit_code == 0, r.output
+    assert "registered ganops-style-shipwreck v1" in r.output
+    assert (project / "models/style/shipwreck/transformer.pt").is_file()
     from PIL import Image
 
-    out = Image.open(project / "data/stylized/mosaic/flower.png")
+    out = Image.open(project / "data/stylized/shipwreck/flower.png")
     src = Image.open(project / "data/style/content/flower.png")
     assert out.size == src.size  # the fast net styles at full size
     r = runner.invoke(app, ["stylize-sheet"])
-    assert r.exit_code == 0 and "2 contents x 2 styles" in r.output
+    assert r.exit_code == 0 and "2 contents x 3 styles" in r.output
+    assert Image.open(project / "data/stylized_sheet.png").size == (4 + 4 * (192 + 4), 4 + 3 * (192 + 18 + 4))
     c = MlflowClient(isolated_tracking)
     exp = c.get_experiment_by_name("ganops-stylize")
-    assert len(c.search_runs([exp.experiment_id])) == 2 + 1 + 2  # gatys pairs, fast training, fast pairs
-    assert int(c.get_model_version_by_alias("ganops-style-mosaic", "champion").version) == 1
+    assert len(c.search_runs([exp.experiment_id])) == 2 + 2 * (
+        1 + 2
+    )  # gatys pairs, 2 x (fast training + pairs)
+    assert int(c.get_model_version_by_alias("ganops-style-shipwreck", "champion").version) == 1
 
 
 def test_stylize_errors_name_what_is_wrong(project):
     runner = CliRunner()
     r = runner.invoke(app, ["stylize", "--style", "starry"])
-    assert r.exit_code == 2 and "unknown style 'starry'; style.styles defines: waves, mosaic" in r.output
-    r = runner.invoke(app, ["stylize", "--style", "waves"])
+    assert r.exit_code == 2 and "unknown style 'starry'; style.styles defines: starry_night, the_scream, " \
+        "shipwreck" in r.output  # fmt: skip
+    r = runner.invoke(app, ["stylize", "--style", "shipwreck"])
     assert r.exit_code == 2 and "data/style/content: no such folder" in r.output
     runner.invoke(app, ["style-inputs"])
-    (project / "data/style/styles/waves.png").unlink()
-    r = runner.invoke(app, ["stylize", "--style", "waves"])
-    assert r.exit_code == 2 and "style image(s) ['waves'] not in data/style/styles/" in r.output
+    r = runner.invoke(app, ["stylize", "--style", "shipwreck"])
+    assert r.exit_code == 2 and "data/paintings: no such folder" in r.output
+    paintings(project)
+    (project / "data/paintings/shipwreck.jpg").unlink()
+    r = runner.invoke(app, ["stylize", "--style", "shipwreck"])
+    assert r.exit_code == 2 and "style image(s) ['shipwreck'] not in data/paintings/" in r.output
     (project / "data/style/content/broken.jpg").write_bytes(b"\xff\xd8 nope")
-    r = runner.invoke(app, ["stylize", "--style", "mosaic"])
+    r = runner.invoke(app, ["stylize", "--style", "the_scream"])
     assert r.exit_code == 2 and "broken.jpg: not an image" in r.output
+
+
+def test_stylize_image_one_pair_logged_like_the_stage(project, isolated_tracking):
+    from PIL import Image
+
+    paintings(project)
+    Image.new("RGB", (48, 36), (40, 120, 200)).save(project / "photo.jpg")
+    r = CliRunner().invoke(app, ["stylize-image", "photo.jpg", "data/paintings/the_scream.jpg", "-o", "out/styled.png",
+                                 "--no-progress", *STYLE_TINY, "-S", "style.tv_weight=0"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "photo.jpg x the_scream.jpg -> out/styled.png (features vgg19-caffe-q8, loss" in r.output
+    out = Image.open(project / "out/styled.png")
+    assert out.size == (32, 24)  # style.size is the long side
+    assert np.asarray(out).astype(float).std() > 1  # the flat blue photo took on texture
+    c = MlflowClient(isolated_tracking)
+    (run,) = c.search_runs([c.get_experiment_by_name("ganops-stylize").experiment_id])
+    assert run.data.tags["style"] == "the_scream" and run.data.tags["content"] == "photo"
+    assert run.data.tags["extractor"] == "vgg19-caffe-q8"
+    assert run.data.params["style.tv_weight"] == "0.0" and run.data.params["style.style_weight"] == "3.0"
+    assert run.data.metrics["final_total"] < run.data.metrics["start_total"]
+    assert [a.path for a in c.list_artifacts(run.info.run_id, "stylized")] == ["stylized/styled.png"]
+
+
+def test_stylize_image_bad_input_is_a_clear_error_and_writes_nothing(project):
+    from PIL import Image
+
+    paintings(project)
+    (project / "photo.jpg").write_bytes(b"\xff\xd8 truncated")
+    runner = CliRunner()
+    r = runner.invoke(app, ["stylize-image", "photo.jpg", "data/paintings/shipwreck.jpg", "-o", "o.png"])
+    assert r.exit_code == 2 and "photo.jpg: not an image" in r.output
+    Image.new("RGB", (40, 30)).save(project / "photo.jpg")
+    r = runner.invoke(app, ["stylize-image", "photo.jpg", "nope.jpg", "-o", "o.png"])
+    assert r.exit_code == 2 and "nope.jpg: no such file" in r.output
+    r = runner.invoke(app, ["stylize-image", "photo.jpg", "data/paintings/shipwreck.jpg", "-o", "o.jpg"])
+    assert r.exit_code == 2 and "o.jpg: the output is written as PNG" in r.output
+    r = runner.invoke(app, ["stylize-image", "photo.jpg", "data/paintings/shipwreck.jpg", "-o", "o.png",
+                            "-S", "style.style_weight=-1"])  # fmt: skip
+    assert r.exit_code == 2 and "style.style_weight" in r.output
+    assert not (project / "o.png").exists() and not (project / "o.jpg").exists()

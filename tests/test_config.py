@@ -107,3 +107,19 @@ def test_missing_or_broken_file(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_params(lst)
+
+
+def test_style_loss_weights_default_to_the_extractors_calibration():
+    from ganops.config import CALIBRATED_WEIGHTS
+
+    for weights, (cw, sw, tv) in CALIBRATED_WEIGHTS.items():
+        s = parse_params({"style": {"weights": weights, "style_weight": None}}).style
+        assert (s.content_weight, s.style_weight, s.tv_weight) == (cw, sw, tv)
+    assert CALIBRATED_WEIGHTS["caffe-q8"] != CALIBRATED_WEIGHTS["random"]  # scales differ by orders
+    s = parse_params({"style": {"weights": "random"}}, ["style.style_weight=7"]).style
+    assert (s.style_weight, s.tv_weight) == (7.0, CALIBRATED_WEIGHTS["random"][2])  # a given value wins
+    assert load_params("params.yaml").style.style_weight == CALIBRATED_WEIGHTS["caffe-q8"][1]
+    with pytest.raises(
+        ParamsError, match="style.weights: Input should be 'caffe-q8', 'pretrained' or 'random'"
+    ):
+        parse_params({"style": {"weights": "imagenet"}})

@@ -7,7 +7,6 @@ from ganops.losses import gram, style_loss, tv_loss
 from ganops.models.style import StyleWeightsError, TransformerNet, build_vgg
 from ganops.stylize import (
     StyleError,
-    contact_sheet,
     fast_stylize,
     gatys,
     keep_luminance,
@@ -93,12 +92,15 @@ def test_fast_net_keeps_the_size(h, w):
     assert fast_stylize(net, torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
 
 
-def test_train_fast_lowers_its_loss(vgg):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_train_fast_lowers_its_loss(vgg, precision):
     seen = []
-    p = P.model_copy(update={"fast_steps": 20, "fast_batch_size": 2, "fast_width": 8, "fast_lr": 5e-3})
+    p = P.model_copy(update={"fast_steps": 20, "fast_batch_size": 2, "fast_width": 8, "fast_lr": 5e-3,
+                             "fast_precision": precision})  # fmt: skip
     net = train_fast([torch.rand(1, 3, 40, 48)], [(torch.rand(1, 3, 32, 32), 1.0)], vgg, p,
                      on_metrics=lambda s, m: seen.append(m["fast_total"]))  # fmt: skip
     assert not net.training and len(seen) == 2 and seen[-1] < seen[0]
+    assert net.precision == precision and next(net.parameters()).dtype == torch.float32  # weights stay fp32
 
 
 def test_load_image_errors_name_the_file(tmp_path):
@@ -118,8 +120,3 @@ def test_pretrained_without_cache_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(StyleWeightsError) as e:
         build_vgg("pretrained", ["relu1_1"], download=False)
     assert "vgg19-dcbb9e9d.pth" in str(e.value) and str(tmp_path / "hub" / "checkpoints") in str(e.value)
-
-
-def test_contact_sheet_layout():
-    sheet = contact_sheet([torch.rand(1, 3, 20, 30)] * 2, {"a": [torch.rand(1, 3, 20, 30)] * 2}, tile=16)
-    assert sheet.shape == (1, 3, 2 * 20 + 4, 2 * 20 + 4)  # 2 rows x 2 columns of 16 px tiles, 4 px gaps

@@ -188,9 +188,9 @@ def champion_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
 
 @app.command("style-inputs")
 def style_inputs_cmd() -> None:
-    """Stage `style_inputs`: write the offline default content photos and style textures to data/style/."""
+    """Stage `style_inputs`: write the offline default content photos to data/style/content/."""
     w = _run(stages.style_inputs)
-    typer.echo(f"content {', '.join(w['content'])}; styles {', '.join(w['styles'])} -> data/style/")
+    typer.echo(f"content {', '.join(w['content'])} -> data/style/content/")
 
 
 @app.command()
@@ -205,9 +205,27 @@ def stylize(
     _run(lambda: stages.stylize(p, style, ctx=_context(), progress=progress, echo=typer.echo))
 
 
+@app.command("stylize-image")
+def stylize_image(
+    photo: Annotated[Path, typer.Argument(help="The photo to restyle.")],
+    painting: Annotated[Path, typer.Argument(help="The painting (any style image) whose style to take.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the result (PNG).")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    progress: Progress = True,
+) -> None:
+    """Style one PHOTO like one PAINTING with the style.* params (Gatys) -> OUT, logged to MLflow."""
+    p = _params(params, set_)
+    saved, m, run_id, extractor = _run(
+        lambda: stages.stylize_image(p, photo, painting, out, progress=progress)
+    )
+    typer.echo(f"{photo.name} x {painting.name} -> {saved} (features {extractor}, loss {m['start_total']:.3g} -> "
+               f"{m['final_total']:.3g}, {m['seconds']:.0f} s; MLflow run {run_id})")  # fmt: skip
+
+
 @app.command("stylize-sheet")
 def stylize_sheet(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Stage `stylize_sheet`: one PNG, content images on top and a row per style -> data/stylized_sheet.png."""
+    """Stage `stylize_sheet`: style images on top, photos down the left, labelled -> data/stylized_sheet.png."""
     p = _params(params, set_)
     sheet, n_contents, n_styles = _run(lambda: stages.stylize_sheet(p))
     typer.echo(f"contact sheet ({n_contents} contents x {n_styles} styles) -> {sheet}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ParamsError(ValueError):
@@ -122,12 +122,27 @@ class PromoteParams(_Group):
     dry_run: bool = False
 
 
+StyleWeights = Literal["caffe-q8", "pretrained", "random"]
+
+# Loss weights (content, style, TV) chosen per feature extractor: their activations differ in scale by
+# orders of magnitude, so one set of numbers cannot serve all three. caffe-q8 and random were calibrated
+# on photos x paintings (BENCHMARKS.md, "Style transfer: calibrated weights per extractor");
+# pretrained could not be (no ImageNet weights offline) and reuses caffe-q8's, see the same section.
+CALIBRATED_WEIGHTS: dict[str, tuple[float, float, float]] = {
+    "caffe-q8": (1.0, 3.0, 10.0),
+    "pretrained": (1.0, 3.0, 10.0),
+    "random": (1.0, 1e5, 0.01),
+}
+
+
 class StyleParams(_Group):
     content_dir: str = "data/style/content"
-    style_dir: str = "data/style/styles"
-    styles: dict[str, dict[str, float]] = Field(default_factory=lambda: {"waves": {"waves": 1.0}})
+    style_dir: str = "data/paintings"
+    styles: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {"starry_night": {"starry_night": 1.0}}
+    )
     method: Literal["gatys", "fast"] = "gatys"
-    weights: Literal["pretrained", "random"] = "pretrained"
+    weights: StyleWeights = "caffe-q8"
     size: int = Field(256, ge=16, le=4096)
     max_side: int = Field(1024, ge=16)
     content_layer: str = "relu4_2"
@@ -140,9 +155,10 @@ class StyleParams(_Group):
             "relu5_1": 1.0,
         }
     )
+    # the three loss weights: when left out or null, CALIBRATED_WEIGHTS[weights] (see _calibrated)
     content_weight: float = Field(1.0, ge=0)
-    style_weight: float = Field(1e5, ge=0)
-    tv_weight: float = Field(1e-2, ge=0)
+    style_weight: float = Field(3.0, ge=0)
+    tv_weight: float = Field(10.0, ge=0)
     init: Literal["content", "noise", "content+noise"] = "content"
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     steps: int = Field(300, ge=1)
@@ -154,6 +170,19 @@ class StyleParams(_Group):
     fast_batch_size: int = Field(4, ge=1)
     fast_lr: float = Field(1e-3, gt=0)
     fast_width: int = Field(32, ge=4)
+    fast_precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _calibrated(cls, raw: Any) -> Any:
+        """content/style/tv weight left out or null -> the calibrated value for ``weights``."""
+        if not isinstance(raw, dict):
+            return raw
+        table = CALIBRATED_WEIGHTS.get(raw.get("weights", "caffe-q8"))
+        if table is None:  # an unknown extractor: let the field validation name it
+            return raw
+        keys = ("content_weight", "style_weight", "tv_weight")
+        return {**raw, **{k: v for k, v in zip(keys, table, strict=True) if raw.get(k) is None}}
 
     @field_validator("styles")
     @classmethod

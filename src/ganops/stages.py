@@ -322,7 +322,7 @@ def promote(p: Params, at: Layout = Layout()) -> tuple[Any, dict[str, Any], dict
 
 
 def style_inputs(at: Layout = Layout()) -> dict[str, list[str]]:
-    """Stage `style_inputs`: the offline sample photos and textures under data/style/."""
+    """Stage `style_inputs`: the offline sample photos under data/style/content/."""
     from ganops.style_inputs import write_defaults
 
     return write_defaults(at.style_inputs)
@@ -385,13 +385,15 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunConte
             )
             atomic_write(models / "transformer.pt", job.net.state_dict())
             atomic_write(models / "config.json", json.dumps({"method": "fast", "model": job.net.cfg.to_dict(),
-                         "style": style, "blend": sp.styles[style], "extractor": vgg.name}, indent=2))  # fmt: skip
+                         "style": style, "blend": sp.styles[style], "extractor": vgg.name,
+                         "precision": job.net.precision}, indent=2))  # fmt: skip
             run.log_artifacts(models, "checkpoint")
             version = register_folder(run.run_id, "checkpoint", f"ganops-style-{style}", "champion",
                                       {"style": style, "extractor": vgg.name})  # fmt: skip
         echo(f"fast net for {style} -> {models}/ (registered ganops-style-{style} v{version})")
     else:
-        atomic_write(models / "config.json", json.dumps({"method": "gatys", "style": style}, indent=2))
+        atomic_write(models / "config.json", json.dumps({"method": "gatys", "style": style, "blend": sp.styles[style],
+                     "extractor": vgg.name}, indent=2))  # fmt: skip
     return job
 
 
@@ -438,26 +440,84 @@ def stylize(
 ) -> list[Path]:
     """Stage `stylize@<style>`: every content image, one MLflow run per pair; returns the outputs."""
     job = stylize_setup(p, style, at, ctx=ctx, progress=progress, echo=echo)
-    written = []
+    echo(f"{style}: feature extractor {job.vgg.name}, method {p.style.method}")
+    written, pairs = [], {}
     for content in job.contents:
         saved, m = stylize_pair(p, job, content, at, ctx=ctx, progress=progress)
         written.append(saved)
+        pairs[content.stem] = {k: round(v, 6) for k, v in m.items()}
         loss = f" (loss {m['start_total']:.3g} -> {m['final_total']:.3g})" if "final_total" in m else ""
         echo(f"{style} x {content.name} -> {saved}{loss}")
+    _write_json(at.metrics / "stylize" / f"{style}.json",
+                {"extractor": job.vgg.name, "method": p.style.method, "pairs": pairs})  # fmt: skip
     return written
 
 
-def stylize_sheet(p: Params, at: Layout = Layout()) -> tuple[Path, int, int]:
-    """Stage `stylize_sheet`; returns (sheet path, contents, styles)."""
-    from ganops.stylize import contact_sheet, list_images, load_image, save_image
+def stylize_image(
+    p: Params,
+    photo: Path,
+    painting: Path,
+    out: Path,
+    at: Layout = Layout(),
+    *,
+    ctx: RunContext = RunContext(),
+    progress: bool = True,
+) -> tuple[Path, dict[str, float], str, str]:
+    """`ganops stylize-image`: one photo in one painting's style (Gatys), one MLflow run like a stage pair.
 
+    Returns:
+        (output path, metrics, MLflow run id, feature extractor name).
+    """
+    from ganops.models.style import build_vgg
+    from ganops.stylize import gatys, load_image, save_image
+    from ganops.tracking import style_run
+
+    sp = p.style
+    if sp.method != "gatys":
+        raise StageError("stylize-image optimises one picture (style.method=gatys); a fast net is trained "
+                         "per style by `ganops stylize --style NAME -S style.method=fast`")  # fmt: skip
+    if out.suffix.lower() != ".png":
+        raise StageError(f"{out}: the output is written as PNG; give a file name ending in .png")
+    img, style = load_image(photo, sp.max_side), load_image(painting, sp.max_side)  # both before any work
+    vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
+    log.info("feature extractor: %s", vgg.name)
+    with style_run(p, ctx=ctx, style=painting.stem, content=photo.stem, extractor=vgg.name,
+                   root=at.tracking) as run:  # fmt: skip
+        t0 = time.perf_counter()
+        r = gatys(img, [(style, 1.0)], vgg, sp, seed=p.base.seed, progress=progress)
+        metrics = {f"final_{k}": v for k, v in r.losses.items()}
+        metrics |= {"start_total": r.start_total, "evaluations": float(r.evaluations),
+                    "seconds": time.perf_counter() - t0}  # fmt: skip
+        saved = save_image(r.image, out)
+        run.log_metrics(metrics)
+        run.log_artifact(saved, "stylized")
+    return saved, metrics, run.run_id, vgg.name
+
+
+def stylize_sheet(p: Params, at: Layout = Layout()) -> tuple[Path, int, int]:
+    """Stage `stylize_sheet`: the labelled contact sheet; returns (sheet path, contents, styles)."""
+    from ganops.sheet import SheetStyle, labelled_sheet, save_png
+    from ganops.stylize import list_images, load_image
+
+    sp = p.style
     try:
-        contents = list_images(at.root / p.style.content_dir)
-        imgs = [load_image(f, 512) for f in contents]
-        rows = {
-            s: [load_image(at.stylized / s / f"{f.stem}.png", 512) for f in contents] for s in p.style.styles
-        }
+        files = list_images(at.root / sp.content_dir)
+        contents = [(f.stem, load_image(f, 512)) for f in files]
+        columns = []
+        for s, blend in sp.styles.items():
+            imgs = [(f.stem, load_image(f, 512), w) for f, w in _style_files(at.root / sp.style_dir, blend)]
+            col = SheetStyle(s, imgs, [load_image(at.stylized / s / f"{f.stem}.png", 512) for f in files])
+            columns.append(col)
     except StyleError as err:
         raise StageError(f"{err}: run `dvc repro` (or `ganops stylize --style ...`) first") from None
-    save_image(contact_sheet(imgs, rows), at.sheet)
-    return at.sheet, len(contents), len(rows)
+    made = {}  # how each column was made, from the stage's models/style/<name>/config.json
+    for s in sp.styles:
+        cfg = at.style_models / s / "config.json"
+        made[s] = json.loads(cfg.read_text()) if cfg.is_file() else {}
+    extractors = sorted({m.get("extractor", "extractor unknown") for m in made.values()})
+    methods = sorted({m.get("method", sp.method) for m in made.values()})
+    caption = "\n".join(
+        ["rows: photos", "columns: styles", *extractors, " / ".join(methods) + f", {sp.size} px"]
+    )
+    save_png(labelled_sheet(contents, columns, tile=192, caption=caption), at.sheet)
+    return at.sheet, len(contents), len(columns)

@@ -237,7 +237,7 @@ def gatys(
         side = max(16, round(p.size * scale))
         c = resize_long(content, side)
         with torch.no_grad():
-            c_feat = vgg(c)[p.content_layer]
+            c_feat = vgg(c, upto=p.content_layer)[p.content_layer]
         grams = style_targets(styles, vgg, list(p.style_layers), round(side * p.style_scale))
         if x is None:
             noise = torch.rand(c.shape, generator=g)
@@ -265,16 +265,19 @@ def train_fast(
     progress: bool = False,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TransformerNet:
-    """Train a TransformerNet for one (blended) style on random ``p.size`` crops of ``contents``."""
+    """Train a TransformerNet for one (blended) style on random ``p.size`` crops of ``contents``.
+
+    The net's ``precision`` attribute says how it was trained (:func:`fast_precision`).
+    """
+    bf16 = fast_precision(p.fast_precision) == "bf16"
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     net = TransformerNet(TransformerConfig(width=p.fast_width))
     opt = torch.optim.Adam(net.parameters(), lr=p.fast_lr)
     grams = style_targets(styles, vgg, list(p.style_layers), round(p.size * p.style_scale))
-    pool = [
-        resize_long(c, max(p.size, min(c.shape[-2:]) if min(c.shape[-2:]) >= p.size else p.size))
-        for c in contents
-    ]
+    # Crops at Gatys's working scale: each photo resized so its short side is p.size, so the textures the
+    # net learns have the size they have in a Gatys result at p.size (a larger pool scale made them smaller).
+    pool = [resize_long(c, round(p.size * max(c.shape[-2:]) / min(c.shape[-2:]))) for c in contents]
     crop = min(p.size, *(min(c.shape[-2:]) for c in pool))
     bar = tqdm(
         range(1, p.fast_steps + 1), desc="fast style", unit="step", disable=not progress, mininterval=1.0
@@ -287,11 +290,16 @@ def train_fast(
             j = int(torch.randint(c.shape[-1] - crop + 1, (1,), generator=g))
             batch.append(c[..., i : i + crop, j : j + crop])
         x = torch.cat(batch)  # (B, 3, crop, crop)
-        y = net(x)
-        with torch.no_grad():
-            target = vgg(x)[p.content_layer]
-        feats = vgg(y)
-        lc = p.content_weight * content_loss(feats[p.content_layer], target)
+        # The convolutions in bfloat16 where the CPU has native bf16 (1.7x the fp32 step here,
+        # BENCHMARKS.md); the losses in fp32: a Gram matrix summed in bf16 (8-bit mantissa) is too coarse.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = net(x)
+            with torch.no_grad():
+                target = vgg(x, upto=p.content_layer)[p.content_layer]
+            feats = vgg(y)
+        feats = {k: f.float() for k, f in feats.items()}
+        y = y.float()
+        lc = p.content_weight * content_loss(feats[p.content_layer], target.float())
         ls = p.style_weight * style_loss(feats, grams, p.style_layers)
         lt = p.tv_weight * tv_loss(y)
         loss = lc + ls + lt
@@ -301,35 +309,23 @@ def train_fast(
         if on_metrics and (step % 10 == 0 or step == p.fast_steps):
             on_metrics(step, {"fast_content": lc.item(), "fast_style": ls.item(), "fast_total": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
+    net.precision = "bf16" if bf16 else "fp32"
     return net.eval()
+
+
+def fast_precision(choice: str) -> str:
+    """``style.fast_precision`` resolved: "auto" is bf16 where this CPU computes bf16 natively
+    (AVX512-BF16 / AMX, through oneDNN), else fp32 (emulated bf16 is slower than fp32)."""
+    if choice != "auto":
+        return choice
+    return (
+        "bf16"
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        else "fp32"
+    )
 
 
 @torch.inference_mode()
 def fast_stylize(net: TransformerNet, image: torch.Tensor) -> torch.Tensor:
     """One forward pass: (1, 3, H, W) -> (1, 3, H, W), any size."""
     return net(image)
-
-
-# ----------------------------------------------------------------------------- contact sheet
-
-
-def contact_sheet(
-    contents: list[torch.Tensor], rows: dict[str, list[torch.Tensor]], tile: int = 160
-) -> torch.Tensor:
-    """A grid a person can read: first row the content images, then one row per style."""
-
-    def fit(x: torch.Tensor) -> torch.Tensor:
-        y = resize_long(x, tile)
-        ph, pw = tile - y.shape[-2], tile - y.shape[-1]
-        return F.pad(y, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=1.0)
-
-    pad = 4
-    lines = [contents] + list(rows.values())
-    H = len(lines) * (tile + pad) + pad
-    W = len(contents) * (tile + pad) + pad
-    sheet = torch.ones(1, 3, H, W)
-    for r, line in enumerate(lines):
-        for c, im in enumerate(line):
-            y0, x0 = pad + r * (tile + pad), pad + c * (tile + pad)
-            sheet[..., y0 : y0 + tile, x0 : x0 + tile] = fit(im)
-    return sheet

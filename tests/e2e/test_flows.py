@@ -170,17 +170,18 @@ def test_two_style_flows_and_a_dvc_repro_at_once_do_not_collide(project):
         work = d / ".ganops/flow-runs" / flow_run_id
         done = json.loads((work / "DONE.json").read_text())
         paths = sorted(o["path"] for o in done["outputs"])
-        assert paths == ["data/stylized/mosaic/china.png", "data/stylized/mosaic/flower.png",
-                         "data/stylized/waves/china.png", "data/stylized/waves/flower.png",
-                         "data/stylized_sheet.png"]  # fmt: skip
+        styles = ("shipwreck", "starry_night", "the_scream")
+        assert paths == [f"data/stylized/{s}/{c}.png" for s in styles for c in ("china", "flower")] + [
+            "data/stylized_sheet.png"
+        ]
         for o in done["outputs"]:  # complete files: what was published is what is there
             assert hashlib.sha256((work / o["path"]).read_bytes()).hexdigest() == o["sha256"]
         pairs = c.search_runs([exp], f"tags.prefect_flow_run_id = '{flow_run_id}'")
-        assert len(pairs) == 4 and all(p.data.tags["entry_point"] == "prefect" for p in pairs)
+        assert len(pairs) == 6 and all(p.data.tags["entry_point"] == "prefect" for p in pairs)
     status = sh(["dvc", "status", "stylize_sheet"], d, env).stdout
     assert "changed" not in status, status  # DVC's outputs are what dvc.lock recorded
     dvc_pairs = c.search_runs([exp], "tags.entry_point = 'dvc'")
-    assert len(dvc_pairs) == 4 and not any(p.data.tags.get("prefect_flow_run_id") for p in dvc_pairs)
+    assert len(dvc_pairs) == 6 and not any(p.data.tags.get("prefect_flow_run_id") for p in dvc_pairs)
 
 
 def test_a_retried_data_rev_checkout_starts_from_a_clean_copy(project, tmp_path, monkeypatch):

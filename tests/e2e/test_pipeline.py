@@ -53,8 +53,8 @@ def _runs(d: Path):
 
 def test_repro_trains_logs_and_is_idempotent(repo):
     d, env, r = repo
-    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote", "style_inputs", "stylize@waves",
-                  "stylize@mosaic", "stylize_sheet"):  # fmt: skip
+    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote", "style_inputs",
+                  "stylize@starry_night", "stylize@the_scream", "stylize@shipwreck", "stylize_sheet"):  # fmt: skip
         assert f"Running stage '{stage}'" in r.stdout
     for out in ["data/prepared/dataset.pt", "data/prepared/manifest.json", "models/gan/final/generator.pt",
                 "models/gan/final/samples.png", "metrics/train_gan.json", "metrics/train_gan_losses.csv",
@@ -82,24 +82,28 @@ def test_repro_trains_logs_and_is_idempotent(repo):
         "classifier",
         "evaluate",
         "promote",
-        "stylize@waves",
+        "stylize@starry_night",
         "stylize_sheet",
     ):
         assert f"Stage '{stage}' didn't change" in again.stdout
     assert len(_runs(d)[1]) == n_runs  # nothing trained
 
-    # style transfer: 2 contents x 2 styles, a contact sheet, one MLflow run per pair
-    for style in ("waves", "mosaic"):
+    # style transfer: 2 photos x 3 paintings, a contact sheet, one MLflow run per pair, real VGG19 features
+    styles = ("starry_night", "the_scream", "shipwreck")
+    for style in styles:
         for content in ("china", "flower"):
             assert (d / "data/stylized" / style / f"{content}.png").is_file()
+        assert (
+            json.loads((d / "metrics/stylize" / f"{style}.json").read_text())["extractor"] == "vgg19-caffe-q8"
+        )
     assert (d / "data/stylized_sheet.png").is_file()
     exp = c.get_experiment_by_name("ganops-stylize")
     pairs = c.search_runs([exp.experiment_id])
-    assert sorted({r.data.tags["style"] + "/" + r.data.tags["content"] for r in pairs}) == [
-        "mosaic/china", "mosaic/flower", "waves/china", "waves/flower"]  # fmt: skip
+    assert sorted({r.data.tags["style"] + "/" + r.data.tags["content"] for r in pairs}) == sorted(
+        f"{s}/{c}" for s in styles for c in ("china", "flower"))  # fmt: skip
     for pr in pairs:
         assert pr.data.metrics["final_total"] < pr.data.metrics["start_total"]
-        assert pr.data.tags["extractor"] == "vgg19-random-seed0"
+        assert pr.data.tags["extractor"] == "vgg19-caffe-q8"
         assert [a.path for a in c.list_artifacts(pr.info.run_id, "stylized")]
 
     metrics = sh(["dvc", "metrics", "show"], d, env).stdout

