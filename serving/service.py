@@ -142,7 +142,12 @@ class GanService:
         """Look for a moved alias now (as the poll does every GANOPS_POLL_SECONDS); switch if it moved."""
         import anyio
 
-        switched = await anyio.to_thread.run_sync(self.follower.refresh)
+        try:
+            switched = await anyio.to_thread.run_sync(self.follower.refresh)
+        except Exception as err:  # noqa: BLE001 - the registry's trouble, not the client's: say so, keep serving
+            return _error(
+                503, f"the registry could not be read ({err}); still serving v{self.follower.current.version}"
+            )  # type: ignore[return-value]
         return {"switched": switched, "version": self.follower.current.version}
 
     @bentoml.api(route="/stylize")

@@ -319,7 +319,9 @@ def download_version(name: str, version: int, dst: Path | None = None) -> Path:
     """Fetch the checkpoint folder of ``models:/name/version`` (a registered version never changes)."""
     import mlflow
 
-    path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst) if dst else None)
+    path = mlflow.artifacts.download_artifacts(
+        f"models:/{name}/{version}", dst_path=str(dst) if dst else None
+    )
     return Path(path)
 
 

@@ -130,11 +130,6 @@ def test_every_answer_names_the_model_version(server):
     assert answers[-1].headers["x-style-version"] == "1"
 
 
-def test_wrong_method_is_405(server):
-    base, _ = server
-    assert httpx.get(base + "/generate", timeout=10).status_code == 405
-
-
 def test_model_info(server):
     base, facts = server
     info = post(base, "/model", json={}).json()
