@@ -10,7 +10,7 @@ then follows the alias (``serving.champion``). Requests are screened by ``servin
 Settings (environment; the README lists them with their defaults): MLFLOW_TRACKING_URI,
 GANOPS_MODEL_NAME, GANOPS_MODEL_ALIAS, GANOPS_MAX_N, GANOPS_MAX_BODY_BYTES, GANOPS_MAX_UPLOAD_BYTES,
 GANOPS_MAX_PIXELS, GANOPS_MIN_SIDE, GANOPS_STYLE_MAX_SIDE, GANOPS_POLL_SECONDS, GANOPS_ALLOWED_HOSTS,
-GANOPS_ALLOWED_ORIGINS, GANOPS_MAX_BATCH.
+GANOPS_ALLOWED_ORIGINS, GANOPS_MAX_BATCH, GANOPS_TORCH_THREADS, GANOPS_ACCESS_LOG, GANOPS_TRACING.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ ORIGINS = [o for o in os.environ.get("GANOPS_ALLOWED_ORIGINS", "").split(",") if
 MAX_BATCH = int(os.environ.get("GANOPS_MAX_BATCH", "512"))  # images per forward pass
 MAX_LABEL = 1023  # the schema's bound; the champion's own class count is checked per request
 torch.set_num_threads(int(os.environ.get("GANOPS_TORCH_THREADS", max(1, min(4, os.cpu_count() or 1)))))
-_LEVERS = os.environ.get("GANOPS_LEVERS", "")  # TEMP: benchmark toggles
+# Per-request extras of BentoML that cost throughput (BENCHMARKS.md has the ratios): a log line per request
+# and OpenTelemetry spans of the API routes (only useful with an exporter set in BentoML's configuration).
+ACCESS_LOG = os.environ.get("GANOPS_ACCESS_LOG", "0") == "1"
+TRACING = os.environ.get("GANOPS_TRACING", "0") == "1"
 
 _follower: Follower | None = None  # set by GanService.__init__, read by the guard's X-Model-Version
 _batch_sizes = bentoml.metrics.Histogram(
@@ -65,14 +68,10 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 @bentoml.service(
-    name="ganops",
-    workers=1,
-    traffic={"timeout": 30},
-    http={"host": "127.0.0.1"},
-    logging={"access": {"enabled": "noaccess" not in _LEVERS}},
-    metrics={"enabled": "nometrics" not in _LEVERS},
-    tracing={"excluded_urls": ["/generate"] if "notrace" in _LEVERS else []},
-)
+    name="ganops", workers=1, traffic={"timeout": 30}, http={"host": "127.0.0.1"},
+    logging={"access": {"enabled": ACCESS_LOG}},
+    tracing={"excluded_urls": [] if TRACING else ["/generate", "/model", "/stylize", "/reload"]},
+)  # fmt: skip
 @bentoml.asgi_app(gallery_app, path="/ui")
 class GanService:
     """POST /generate, /model, /stylize, /reload; GET /ui/ (gallery); BentoML's /readyz, /livez, /docs."""
