@@ -15,6 +15,7 @@ n=16; p99 <= 50 ms for n=1; 0 errors in the soak.
 
     python bench/serve_throughput.py                       # demo generator, 2 rounds of 10 s, 60 s soak
     python bench/serve_throughput.py --seconds 5 --rounds 1 --soak 10   # a quick look
+    python bench/serve_throughput.py --rounds 1 --soak 0 --env GANOPS_ACCESS_LOG=1 --out /tmp/x.json  # a lever
 """
 
 from __future__ import annotations
@@ -159,6 +160,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="generator output size (demo: 32)")
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--ngf", type=int, default=32)
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the service only (a lever, e.g. GANOPS_ACCESS_LOG=1); repeatable",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/serve_throughput.json")
     a = ap.parse_args()
 
@@ -167,8 +175,9 @@ def main() -> None:
     env = os.environ | {"MLFLOW_TRACKING_URI": uri, "BENTOML_DO_NOT_TRACK": "true", "GANOPS_MAX_N": "64",
                         "BENTOML_HOME": str(tmp / "bentoml"), "PYTHONPATH": os.pathsep.join(sys.path)}  # fmt: skip
     bin_ = Path(sys.executable).parent
+    svc_env = env | dict(kv.split("=", 1) for kv in a.env)
     svc, sport = start_server(_launch([str(bin_ / "bentoml"), "serve", "serving.service:GanService", "--host",
-                                       "127.0.0.1", "--port"], env, tmp / "serve.log"), "/readyz")  # fmt: skip
+                                       "127.0.0.1", "--port"], svc_env, tmp / "serve.log"), "/readyz")  # fmt: skip
     plain, pport = start_server(_launch([sys.executable, "bench/plain_endpoint.py", "--folder", str(export),
                                          "--port"], env, tmp / "plain.log"), "/readyz")  # fmt: skip
     res: dict = {"rounds": []}
@@ -203,7 +212,7 @@ def main() -> None:
         stop(svc)
         stop(plain)
     res |= {"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "cores": os.cpu_count(),
-            "machine": platform.machine(), "n": a.n, "clients": a.clients}  # fmt: skip
+            "machine": platform.machine(), "n": a.n, "clients": a.clients, "service_env": a.env}  # fmt: skip
     print(json.dumps({k: v for k, v in res.items() if k != "rounds"}, indent=2))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2) + "\n")
