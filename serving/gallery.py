@@ -70,8 +70,12 @@ async function loadModel() {
   (m.class_counts || []).forEach((_, k) => $("label").add(new Option(String(k), String(k))));
   $("classbox").hidden = !(m.class_counts || []).length;
   // each metric next to its real-vs-real baseline (two halves of the real data: the best reachable)
-  Object.keys(m.metrics).filter((k) => !k.startsWith("baseline_")).sort().forEach((k) =>
-    row("metrics", [k, fmt(m.metrics[k]), "baseline_" + k in m.metrics ? fmt(m.metrics["baseline_" + k]) : "-"]));
+  for (const k of Object.keys(m.metrics).sort()) {
+    if (k.startsWith("baseline_")) continue;
+    // evaluate names them baseline_<k>, or baseline_fid / baseline_kid for domain_fid / domain_kid
+    const base = m.metrics["baseline_" + k] ?? m.metrics["baseline_" + k.replace(/^domain_/, "")];
+    row("metrics", [k, fmt(m.metrics[k]), base === undefined ? "-" : fmt(base)]);
+  }
   $("metrics").hidden = false;
   m.styles.forEach((s) => $("style").add(new Option(s, s)));
   $("stylebox").hidden = !m.styles.length;
