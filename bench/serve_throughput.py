@@ -185,13 +185,16 @@ def main() -> None:
         for port in (sport, pport):  # warm-up: first requests pay for lazy imports and allocator growth
             load(port, 4, 2, fixed(a.n, "png_list"))
         for r in range(a.rounds):
-            row = {"in_process": in_process(export, a.n, a.seconds / 2)}
+            row = {"in_process_start": in_process(export, a.n, a.seconds / 2)}
             for fmt in a.formats.split(","):
                 for name, port in (("served", sport), ("plain", pport)):
                     row[f"{name}_{fmt}"] = m = load(port, a.clients, a.seconds, fixed(a.n, fmt))
                     print(f"round {r} {name:>6} {fmt:>8}: {m['images_per_s']:7.0f} img/s  p50 {m['p50_ms']:6.1f} ms  "
                           f"p99 {m['p99_ms']:6.1f} ms  ({m['requests']} requests, {m['errors']} errors)", flush=True)  # fmt: skip
-            print(f"round {r} in-process: {row['in_process']:7.0f} img/s", flush=True)
+            row["in_process_end"] = in_process(export, a.n, a.seconds / 2)  # before and after: drifts show
+            row["in_process"] = (row["in_process_start"] + row["in_process_end"]) / 2
+            print(f"round {r} in-process: {row['in_process_start']:7.0f} then {row['in_process_end']:7.0f} img/s",
+                  flush=True)  # fmt: skip
             res["rounds"].append(row)
         med = lambda f: statistics.median(f(row) for row in res["rounds"])  # noqa: E731
         ref = med(lambda row: row["in_process"])
