@@ -34,9 +34,12 @@ serve: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bentoml serve serving.service:GanService --host 127.0.0.1 --port $(PORT)
 
 # Prefect: a local server (UI at http://127.0.0.1:4200), the deployments served from this folder, runs.
+# --port alone leaves the UI calling the API on 4200: Prefect 3.9 takes the UI's api_url from
+# PREFECT_SERVER_UI_API_URL (else PREFECT_API_URL, else the default host and port).
 PREFECT_PORT ?= 4200
 prefect-server: $(STAMP)
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_SERVER_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	  $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 flows-serve: $(STAMP)
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.serve

@@ -537,8 +537,26 @@ def download_champion(name: str, alias: str, dst: Path | None = None) -> tuple[P
             f"no model {name}@{alias} in {mlflow.get_tracking_uri()}: run the pipeline (`dvc repro` or "
             "`make demo`) so that `ganops promote` registers and promotes a generator"
         )
-    path = mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=str(dst) if dst else None)
-    return Path(path), facts
+    # by version, not alias: the alias may move between the two calls, and facts and weights must agree
+    return download_version(name, facts["version"], dst), facts
+
+
+def download_version(name: str, version: int, dst: Path | None = None) -> Path:
+    """Fetch the checkpoint folder of ``models:/name/version`` (a registered version never changes)."""
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(
+        f"models:/{name}/{version}", dst_path=str(dst) if dst else None
+    )
+    return Path(path)
+
+
+def model_versions(name: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The facts of the newest ``limit`` registered versions of ``name`` (newest first; [] if none)."""
+    from mlflow import MlflowClient
+
+    mvs = MlflowClient().search_model_versions(f"name='{name}'")
+    return sorted((_version_facts(mv) for mv in mvs), key=lambda f: -f["version"])[:limit]
 
 
 # ----------------------------------------------------------------------------- style transfer
@@ -573,6 +591,17 @@ def register_folder(run_id: str, artifact_path: str, name: str, alias: str, tags
                                                      run_id=run_id, tags={k: str(v) for k, v in tags.items()}))  # fmt: skip
     set_alias(name, alias, int(mv.version))
     return int(mv.version)
+
+
+def aliased_with_prefix(prefix: str, alias: str) -> dict[str, int]:
+    """{model name: version} for every registered model ``<prefix>*`` that has ``alias`` (no download)."""
+    from mlflow import MlflowClient
+
+    return {
+        rm.name: int(rm.aliases[alias])
+        for rm in MlflowClient().search_registered_models(f"name LIKE '{prefix}%'")
+        if alias in (rm.aliases or {})
+    }
 
 
 def registered_with_prefix(prefix: str, alias: str) -> dict[str, Path]:

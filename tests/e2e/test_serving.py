@@ -1,4 +1,8 @@
-"""`bentoml serve` on a free loopback port with a champion in a temp MLflow registry; real HTTP."""
+"""`bentoml serve` on a free loopback port with a champion in a temp MLflow registry; real HTTP.
+
+The server is the session fixture ``server`` (tests/e2e/conftest.py). Bad input: test_serving_input.py;
+following the champion: test_serving_follow.py; the gallery in a browser: test_gallery.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,87 +21,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ganops.config import DataParams, GanParams, parse_params
-from ganops.data import manifest, prepare
-from ganops.tracking import RunContext, register_generator, set_alias, start_run
-from ganops.train_gan import train_gan
-from tests.e2e.servers import start_server, stop
+from tests.e2e.serving_env import MAX_N
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-MAX_N = 32
-
-
-def make_champion(root: Path, uri: str) -> dict:
-    """Train a tiny generator, log it as an MLflow run, register it and point @champion at it."""
-    d = prepare(DataParams(image_size=16, limit=64))
-    p = GanParams(latent_dim=8, ngf=4, ndf=4, batch_size=16, steps=3, sample_every=3, checkpoint_every=3,
-                  conditional=True)  # fmt: skip
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        with start_run(parse_params({}), ctx=RunContext("test"), data_hash="h" * 64, root=root) as run:
-            r = train_gan(d.images, p, root / "gan", labels=d.labels, progress=False)
-            run.log_artifacts(r.export, "checkpoint")
-        facts = register_generator(run.run_id, "ganops-generator",
-                                   {"dataset_hash": manifest(d)["content_hash"], "extractor": "test", "domain_fid": 1.5})  # fmt: skip
-        set_alias("ganops-generator", "champion", facts["version"])
-        facts["root"] = root
-        register_style_net(root)
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
-    return facts
-
-
-def register_style_net(root: Path) -> None:
-    """A tiny fast style net, logged and registered as ganops-style-waves@champion (as the stage does)."""
-    import json
-
-    from ganops.checkpoint import atomic_write
-    from ganops.config import StyleParams
-    from ganops.models.style import build_vgg
-    from ganops.stylize import train_fast
-    from ganops.tracking import register_folder, style_run
-
-    sp = StyleParams(weights="random", size=32, fast_steps=2, fast_width=4, style_layers={"relu1_1": 1.0})
-    vgg = build_vgg("random", [sp.content_layer, *sp.style_layers])
-    net = train_fast([torch.rand(1, 3, 40, 40)], [(torch.rand(1, 3, 32, 32), 1.0)], vgg, sp)
-    folder = root / "style_net"
-    atomic_write(folder / "transformer.pt", net.state_dict())
-    atomic_write(folder / "config.json", json.dumps({"method": "fast", "model": net.cfg.to_dict()}))
-    with style_run(
-        parse_params({}),
-        ctx=RunContext("test"),
-        style="waves",
-        content="(training)",
-        extractor=vgg.name,
-        root=root,
-    ) as run:
-        run.log_artifacts(folder, "checkpoint")
-        register_folder(run.run_id, "checkpoint", "ganops-style-waves", "champion", {"style": "waves"})
-
-
-@pytest.fixture(scope="module")
-def server():
-    tmp = Path(tempfile.mkdtemp(prefix="ganops-serve-"))
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    facts = make_champion(tmp, uri)
-    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "GANOPS_MAX_N": str(MAX_N), "BENTOML_DO_NOT_TRACK": "true",
-                        "BENTOML_HOME": str(tmp / "bentoml"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
-    with open(tmp / "serve.log", "w") as log:
-
-        def launch(port: int) -> subprocess.Popen:
-            return subprocess.Popen(
-                ["bentoml", "serve", "serving.service:GanService", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-        proc, port = start_server(launch, "/readyz")
-        try:
-            yield f"http://127.0.0.1:{port}", facts
-        finally:
-            stop(proc)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def post(base: str, path: str, **kw) -> httpx.Response:
@@ -138,7 +65,7 @@ def test_label_asks_a_conditional_champion_for_one_class(server, tmp_path):
     again = post(base, "/generate", json={"n": 6, "seed": 9, "label": 7, "format": "png_list"}).json()
     assert sevens == again
     # what was served is the champion's G on the seed's noise moved into class 7, pixel for pixel
-    G = load_generator(facts["root"] / "gan" / "final")
+    G = load_generator(facts["export"])
     z = torch.randn(6, 8, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         want = ((G(noise_for_class(z, torch.full((6,), 7), G.cfg.class_counts)) + 1) * 127.5).round()
@@ -165,49 +92,42 @@ def test_concurrent_small_requests_are_batched_and_correct(server):
         post(base, "/generate", json={"n": 1, "seed": s, "format": "png_list"}).json() for s in seeds[:5]
     ]
     assert [g["images"] for g in got[:5]] == [a["images"] for a in alone]  # batching changes nothing
-    # BentoML's own histogram of the batch sizes its dispatcher formed for `forward`
+    # the service's own histogram of images per forward pass (serving/batcher.py reports every batch)
     metrics = httpx.get(base + "/metrics", timeout=10).text
     stat = {}
     for line in metrics.splitlines():
-        if line.startswith("bentoml_service_adaptive_batch_size_") and 'method_name="forward"' in line:
-            kind = line.split("{")[0].rsplit("_", 1)[1]  # sum | count | bucket
-            if kind in ("sum", "count"):
-                stat[kind] = stat.get(kind, 0) + float(line.rsplit(" ", 1)[1])
-    assert stat["sum"] >= len(seeds)  # every request went through the dispatcher
+        if line.startswith(("ganops_forward_batch_images_sum", "ganops_forward_batch_images_count")):
+            stat[line.split("{")[0].split(" ")[0].rsplit("_", 1)[1]] = float(line.rsplit(" ", 1)[1])
+    assert stat["sum"] >= len(seeds)  # every request went through the batcher
     assert stat["count"] < stat["sum"], f"no two requests were ever batched together: {stat}"
 
 
-BAD = [
-    ({"json": {"n": 0}}, 400),
-    ({"json": {"n": MAX_N + 1}}, 400),
-    ({"json": {"n": -3}}, 400),
-    ({"json": {"n": "many"}}, 400),
-    ({"json": {"n": 2.5}}, 400),
-    ({"json": {"format": "jpeg"}}, 400),
-    ({"json": {"seed": -1}}, 400),
-    ({"json": {"seed": "abc"}}, 400),
-    ({"json": [1, 2, 3]}, 400),
-    ({"json": {"label": 10}}, 400),  # the champion knows classes 0..9
-    ({"json": {"label": -1}}, 400),
-    ({"json": {"label": "seven"}}, 400),
-    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
-    ({"content": b"\xff\xfe\x00garbage", "headers": {"content-type": "application/json"}}, 400),
-    ({"content": b"x" * 200_000, "headers": {"content-type": "application/json"}}, 413),
-]
-
-
-@pytest.mark.parametrize("kwargs,status", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
-def test_bad_requests_are_4xx_and_the_server_stays_up(server, kwargs, status):
+def test_npy_format_is_the_same_images_raw(server):
     base, _ = server
-    r = post(base, "/generate", **kwargs)
-    assert r.status_code == status, r.text
-    assert httpx.get(base + "/readyz", timeout=10).status_code == 200
-    assert post(base, "/generate", json={"n": 1, "seed": 0}).status_code == 200
+    r = post(base, "/generate", json={"n": 3, "seed": 5, "format": "npy"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
+    a = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert a.shape == (3, 16, 16, 1) and a.dtype == np.uint8
+    pngs = post(base, "/generate", json={"n": 3, "seed": 5, "format": "png_list"}).json()["images"]
+    assert all(
+        (np.array(Image.open(io.BytesIO(base64.b64decode(p)))) == a[i, ..., 0]).all()
+        for i, p in enumerate(pngs)
+    )
 
 
-def test_wrong_method_is_405(server):
-    base, _ = server
-    assert httpx.get(base + "/generate", timeout=10).status_code == 405
+def test_every_answer_names_the_model_version(server):
+    base, facts = server
+    v = str(facts["version"])
+    answers = [
+        post(base, "/generate", json={"n": 1}),
+        post(base, "/generate", json={"n": 0}),  # an error too
+        post(base, "/model", json={}),
+        httpx.get(base + "/ui/", timeout=10),
+        httpx.get(base + "/readyz", timeout=10),
+        post(base, "/stylize", files=_upload(Image.new("RGB", (20, 20))), data={"style": "waves"}),
+    ]
+    assert [r.headers.get("x-model-version") for r in answers] == [v] * len(answers)
+    assert answers[-1].headers["x-style-version"] == "1"
 
 
 def test_model_info(server):
@@ -216,7 +136,11 @@ def test_model_info(server):
     assert info["name"] == "ganops-generator" and info["alias"] == "champion"
     assert info["version"] == facts["version"] and info["run_id"] == facts["run_id"]
     assert info["image_size"] == 16 and info["channels"] == 1 and info["max_n"] == MAX_N
-    assert info["metrics"]["domain_fid"] == 1.5 and len(info["dataset_hash"]) == 64
+    assert info["metrics"]["domain_fid"] == 1.5 and info["metrics"]["baseline_fid"] == 0.25
+    assert len(info["dataset_hash"]) == 64 and info["styles"] == ["waves"]
+    assert info["versions"] == [{"version": facts["version"], "run_id": facts["run_id"],
+                                 "dataset_hash": info["dataset_hash"],
+                                 "metrics": {"domain_fid": 1.5, "baseline_fid": 0.25}}]  # fmt: skip
 
 
 def test_health_endpoints(server):
@@ -226,43 +150,6 @@ def test_health_endpoints(server):
     assert httpx.get(base + "/", timeout=10).status_code == 200  # BentoML's own docs page, left alone
     spec = httpx.get(base + "/docs.json", timeout=10).json()
     assert "/generate" in spec["paths"] and "/model" in spec["paths"]
-
-
-@pytest.mark.skipif(
-    not (shutil.which("chromium") and shutil.which("chromedriver")), reason="no chromium/chromedriver"
-)
-def test_gallery_page_generates_in_a_real_browser(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
-
-    base, _ = server
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}"]:  # fmt: skip
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    try:
-        driver.get(base + "/ui/")
-        WebDriverWait(driver, 30).until(
-            lambda d: "serving ganops-generator" in d.find_element(By.ID, "model").text
-        )
-        driver.find_element(By.ID, "seed").send_keys("7")
-        Select(driver.find_element(By.ID, "label")).select_by_visible_text("3")  # the champion is conditional
-        driver.find_element(By.ID, "generate").click()
-        img = WebDriverWait(driver, 30).until(
-            lambda d: (
-                (el := d.find_element(By.ID, "grid")).get_attribute("naturalWidth") not in (None, "0") and el
-            )
-        )
-        assert int(img.get_attribute("naturalWidth")) == 4 * 18 + 2  # 16 images, 16 px tiles
-        assert "seed 7, 16 images, class 3" in driver.find_element(By.ID, "info").text
-        driver.save_screenshot(str(tmp_path / "gallery.png"))
-    finally:
-        driver.quit()
 
 
 def test_bento_builds(tmp_path):
@@ -294,22 +181,3 @@ def test_stylize_returns_an_image_of_the_upload_size(server):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (50, 37)
-
-
-@pytest.mark.parametrize(
-    "files,data,status",
-    [
-        (lambda: _upload(Image.new("RGB", (20, 20))), {"style": "starry"}, 400),  # unknown style
-        (lambda: _upload(Image.new("RGB", (20, 20))), {}, 400),  # no style
-        (lambda: _upload(b"this is not an image", "notes.png"), {"style": "waves"}, 400),
-        (lambda: _upload(b"", "empty.png"), {"style": "waves"}, 400),
-        (lambda: {}, {"style": "waves"}, 400),  # no file
-        (lambda: _upload(b"x" * (9 * 1024 * 1024), "huge.png"), {"style": "waves"}, 413),
-    ],
-    ids=["unknown-style", "no-style", "not-an-image", "empty", "no-file", "too-big"],
-)
-def test_stylize_bad_uploads_are_4xx(server, files, data, status):
-    base, _ = server
-    r = post(base, "/stylize", files=files(), data=data)
-    assert r.status_code == status, r.text
-    assert httpx.get(base + "/readyz", timeout=10).status_code == 200
