@@ -57,10 +57,18 @@ def start() -> Postgres:
     folder = Path(tempfile.mkdtemp(prefix="ganops-pg-"))
     if os.getuid() == 0:
         shutil.chown(folder, user)
-    pg = Postgres(folder, free_port(), user, bin_)
+    pg = Postgres(folder, 0, user, bin_)
     data = folder / "data"
     pg._run(str(bin_ / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8")
-    # listen on loopback only; the socket directory in the cluster's folder (not /var/run/postgresql)
-    pg._run(str(bin_ / "pg_ctl"), "-D", str(data), "-w", "-l", str(folder / "log"), "-o",
-            f"-c listen_addresses=127.0.0.1 -p {pg.port} -k {folder}", "start")  # fmt: skip
-    return pg
+    for attempt in range(3):  # the free port can be taken before PostgreSQL binds it: try another
+        pg.port = free_port()
+        try:
+            # listen on loopback only; the socket directory in the cluster's folder (not /var/run/postgresql)
+            pg._run(str(bin_ / "pg_ctl"), "-D", str(data), "-w", "-l", str(folder / "log"), "-o",
+                    f"-c listen_addresses=127.0.0.1 -p {pg.port} -k {folder}", "start")  # fmt: skip
+            return pg
+        except subprocess.CalledProcessError:
+            if attempt == 2:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+    raise AssertionError("unreachable")
