@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo serve bento browser prefect-server flows-serve train-flow style-flow test test-unit lint bench bench-gan clean clean-flow-runs clean-tracking
+.PHONY: install demo serve bento browser postgres mlflow-server prefect-server flows-serve train-flow style-flow test test-unit lint bench bench-gan clean clean-flow-runs clean-tracking
 
 install: $(STAMP)
 
@@ -67,8 +67,38 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 	    || echo "chromium not installed: the gallery browser test will be skipped"; }
 
+# PostgreSQL 15 binaries (Debian's `postgresql`) for the shared tracking server and its e2e test; installed
+# when missing and we may (root + apt). Only the binaries are used: no system service is started.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	    || echo "postgresql not installed: the tracking-server tests will be skipped"; }
+
+# A shared MLflow tracking server: PostgreSQL backend store (a cluster in MLFLOW_SERVER_DIR, started with
+# pg_ctl on PG_PORT, loopback only) and proxied artifacts (--artifacts-destination: a folder here; an
+# s3://bucket/prefix for a team). Clients set only MLFLOW_TRACKING_URI=http://<host>:$(MLFLOW_PORT).
+# MLFLOW_HOST=0.0.0.0 serves other machines (put it behind your auth proxy: MLflow has no auth of its own).
+MLFLOW_PORT ?= 5000
+MLFLOW_HOST ?= 127.0.0.1
+PG_PORT ?= 5433
+MLFLOW_SERVER_DIR ?= $(CURDIR)/.ganops/mlflow-server
+MLFLOW_ARTIFACTS ?= $(MLFLOW_SERVER_DIR)/artifacts
+PG_USER := $(if $(filter 0,$(shell id -u)),postgres,$(shell id -un))
+PG_AS := $(if $(filter 0,$(shell id -u)),runuser -u postgres --,)
+mlflow-server: $(STAMP) postgres
+	@PGBIN=$$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1); D="$(MLFLOW_SERVER_DIR)"; \
+	mkdir -p "$$D" && { [ -z "$(PG_AS)" ] || chown $(PG_USER) "$$D"; } && \
+	{ [ -f "$$D/pg/PG_VERSION" ] || $(PG_AS) $$PGBIN/initdb -D "$$D/pg" -U $(PG_USER) --auth=trust -E UTF8 >/dev/null; } && \
+	{ $(PG_AS) $$PGBIN/pg_ctl -D "$$D/pg" status >/dev/null || \
+	  $(PG_AS) $$PGBIN/pg_ctl -D "$$D/pg" -w -l "$$D/pg.log" -o "-c listen_addresses=127.0.0.1 -p $(PG_PORT) -k $$D" start; } && \
+	{ $(PG_AS) $$PGBIN/createdb -h 127.0.0.1 -p $(PG_PORT) -U $(PG_USER) mlflow 2>/dev/null || true; } && \
+	echo "PostgreSQL on 127.0.0.1:$(PG_PORT) (stop: $(PG_AS) $$PGBIN/pg_ctl -D $$D/pg stop)"
+	$(BIN)/mlflow server --backend-store-uri postgresql+psycopg2://$(PG_USER)@127.0.0.1:$(PG_PORT)/mlflow \
+	  --artifacts-destination $(MLFLOW_ARTIFACTS) --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+
 # Lint + type check + the whole test suite (unit and e2e tiers); this is what .ci/run calls.
-test: $(STAMP) lint browser
+test: $(STAMP) lint browser postgres
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)

@@ -123,16 +123,70 @@ def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> Non
 
 @app.command("train-gan")
 def train_gan_cmd(
-    params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, progress: Progress = True
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    progress: Progress = True,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Train data-parallel in N processes on this machine (torchrun); default gan.nproc."
+        ),
+    ] = None,
 ) -> None:
-    """Stage `train_gan`: train the DCGAN on data/prepared/, log to MLflow, export models/gan/final/."""
+    """Stage `train_gan`: train the DCGAN on data/prepared/, log to MLflow, export models/gan/final/.
+
+    With ``--nproc N`` (or ``gan.nproc: N``) it re-runs itself as N ranks through ``torchrun --standalone``;
+    under an outer ``torchrun`` (several nodes) it is one rank of the run.
+    """
+    from ganops import distributed
+    from ganops.devices import resolve_device
+
     p = _params(params, set_)
+    n = nproc or p.gan.nproc
+    if n > 1 and not distributed.launched():
+        _launch_ranks(n, params, set_, progress)
+    if distributed.launched():
+        place, _ = _run(lambda: distributed.init(resolve_device(p.base.device)))
+        if p.gan.nproc != place.world_size:  # the logged params say how many ranks there were
+            p = _params(params, [*(set_ or []), f"gan.nproc={place.world_size}"])
+        if not place.main:
+            logging.getLogger("ganops").setLevel(logging.WARNING)  # rank 0 tells the story
+    else:
+        place = distributed.Place()
     with _stop_on_signal() as stop:
         result, run_id = _run(
-            lambda: stages.train_gan(p, ctx=_context(), progress=progress, should_stop=stop)
+            lambda: stages.train_gan(p, ctx=_context(), progress=progress, should_stop=stop, place=place)
         )
-    typer.echo(f"trained {result.step} steps -> {result.export}/ (MLflow run {run_id})")
-    typer.echo(f"final sample grid: {result.export / 'samples.png'}")
+    # Success only: a rank that failed just exits, and torchrun stops the others (a barrier would hang).
+    if place.world_size > 1:
+        distributed.finish()
+    if place.main:
+        typer.echo(f"trained {result.step} steps -> {result.export}/ (MLflow run {run_id})")
+        typer.echo(f"final sample grid: {result.export / 'samples.png'}")
+
+
+def _launch_ranks(n: int, params: Path, set_: list[str] | None, progress: bool) -> NoReturn:
+    """Run this command again as ``n`` ranks under ``torchrun --standalone``; exit with its status.
+
+    One thread per rank (``OMP_NUM_THREADS=1`` unless set): the ranks share the cores instead of fighting
+    over them. Ctrl-C reaches every rank from the terminal; this process only waits for torchrun.
+    """
+    import subprocess
+
+    from ganops.distributed import torchrun_argv
+
+    # (not --nproc: torchrun's own parser would take it for an abbreviation of its --nproc-per-node)
+    argv = ["train-gan", "--params", str(params), "--progress" if progress else "--no-progress"]
+    for item in [*(set_ or []), f"gan.nproc={n}"]:
+        argv += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    typer.echo(f"launching {n} training processes: torchrun --standalone --nproc_per_node={n}", err=True)
+    proc = subprocess.Popen(torchrun_argv(n, argv), env=env)
+    while True:
+        try:
+            raise typer.Exit(proc.wait())
+        except KeyboardInterrupt:
+            continue  # the ranks got it too: wait for their checkpoint and exit code
 
 
 @app.command()

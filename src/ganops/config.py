@@ -76,6 +76,7 @@ class GanParams(_Group):
     arch: Literal["dcgan", "msg"] = "dcgan"
     loss: Literal["bce", "hinge"] = "bce"
     spectral_norm: bool = False
+    g_norm: Literal["batch", "none"] = "batch"
     mbstd: bool = False
     conditional: Literal["auto"] | bool = False
     diffaugment: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
@@ -89,6 +90,7 @@ class GanParams(_Group):
     best_metric: Literal["domain_fid", "kl"] = "domain_fid"
     nan_max_rollbacks: int = Field(3, ge=0)
     nan_lr_factor: float = Field(0.5, gt=0, lt=1)
+    nproc: int = Field(1, ge=1)
 
 
 class ClassifierParams(_Group):

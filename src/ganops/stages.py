@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from ganops.config import Params, ParamsError
 from ganops.data import DataError
 from ganops.devices import DeviceError
+from ganops.distributed import Place
 from ganops.evaluate import EvaluationError
 from ganops.models.style import StyleWeightsError
 from ganops.stylize import StyleError
@@ -130,42 +132,68 @@ def train_gan(
     ctx: RunContext = RunContext(),
     progress: bool = True,
     should_stop: Callable[[int], bool] | None = None,
+    place: Place = Place(),
 ) -> tuple[Any, str]:
     """Stage `train_gan` (resumes a compatible checkpoint); returns (TrainResult, MLflow run id).
 
     Resuming the checkpoint of a run that never finished continues that MLflow run; going on from a finished
     one (more steps, another experiment) opens a new run tagged ``resumed_from`` (see tracking.start_run).
 
+    Data-parallel (``place.world_size > 1``, the process group joined by the caller): every rank calls this;
+    rank 0 alone opens the MLflow run (tagged ``world_size`` and ``ddp_backend``), runs the monitor and writes
+    the checkpoint, exports and metrics; other ranks return (result, "").
+
     Raises:
         Stopped: ``should_stop`` ended training early (a checkpoint was written).
     """
     from ganops.devices import resolve_device
-    from ganops.tracking import start_run
+    from ganops.tracking import log_to_run, start_run
     from ganops.train_gan import load_resumable, settings_for
     from ganops.train_gan import train_gan as train
 
+    if p.gan.nproc > 1 and place.world_size == 1:
+        raise StageError(f"gan.nproc is {p.gan.nproc} but this is one process: run `ganops train-gan` (it "
+                         "launches the ranks through torchrun), or set gan.nproc: 1")  # fmt: skip
     images, labels, man = _prepared(at, p)
     device = resolve_device(p.base.device)
+    if device.type == "cuda" and place.world_size > 1:  # one GPU per rank on each node
+        device = type(device)("cuda", place.local_rank)
     seed, data_hash = p.base.seed, man["content_hash"]
     try:
-        settings = settings_for(images, p.gan, seed, data_hash, labels)
+        settings = settings_for(images, p.gan, seed, data_hash, labels, place.world_size)
     except ValueError as err:  # e.g. gan.conditional: true on unlabelled pictures
         raise StageError(str(err)) from None
-    prior = load_resumable(at.gan / "checkpoint.pt", settings) if p.gan.resume else None
-    monitor = _monitor(p, at, images, labels, data_hash, device) if p.gan.monitor_every else None
-    log.info("training on %s: %d images, device %s", man["source"], man["count"], device)
+    main = place.main
+    prior = load_resumable(at.gan / "checkpoint.pt", settings) if p.gan.resume and main else None
+    monitor = _monitor(p, at, images, labels, data_hash, device) if p.gan.monitor_every and main else None
+    if main:
+        log.info("training on %s: %d images, device %s, %d process(es)", man["source"], man["count"], device,
+                 place.world_size)  # fmt: skip
     t0 = time.perf_counter()
     resume_id = (prior or {}).get("meta", {}).get("mlflow_run_id")
-    with start_run(p, ctx=ctx, data_hash=data_hash, resume_run_id=resume_id, root=at.tracking) as run:
+    opened = (
+        start_run(p, ctx=ctx, data_hash=data_hash, resume_run_id=resume_id, root=at.tracking)
+        if main
+        else nullcontext(None)
+    )
+    with opened as run:
+        if run is not None:
+            log_to_run(
+                run.run_id, {}, {"world_size": place.world_size, "ddp_backend": place.backend or "none"}
+            )
         result = train(
             images, p.gan, at.gan, labels=labels, seed=seed, device=device, data_hash=data_hash,
-            meta={"mlflow_run_id": run.run_id}, on_metrics=run.on_metrics, on_sample=run.on_sample,
-            should_stop=should_stop, monitor=monitor, progress=progress,
+            meta={"mlflow_run_id": run.run_id} if run else None,
+            on_metrics=run.on_metrics if run else None, on_sample=run.on_sample if run else None,
+            should_stop=should_stop, monitor=monitor, progress=progress, rank=place.rank,
+            world_size=place.world_size,
         )  # fmt: skip
-        if not result.completed or result.export is None:
+        if not result.completed:
             raise Stopped(
                 f"stopped at step {result.step}; checkpoint in {result.checkpoint}: run again to resume"
             )
+        if run is None or result.export is None:  # a rank other than 0: rank 0 writes the rest
+            return result, ""
         final: dict[str, Any] = {k: v for k, v in result.history[-1].items() if k != "step"}
         final |= {
             "steps": result.step,

@@ -15,8 +15,14 @@ The loop reports through callbacks (``on_metrics``, ``on_sample``) and stops whe
 it knows nothing about MLflow. Resuming from ``checkpoint.pt`` reproduces an uninterrupted run exactly on
 CPU: data order is a function of (seed, step), noise and augmentation come from saved RNG states.
 
-Multi-process ready: ``rank``/``world_size`` pick each process's slice of every batch, and only rank 0
-reports, writes grids and checkpoints.
+Data-parallel (``world_size > 1``, the process group joined by the caller; see ganops.distributed): G and
+D are each wrapped in DistributedDataParallel, so gradients are averaged over the ranks and every rank keeps
+identical weights. Rank r trains on its own slice of each global batch of ``batch_size * world_size`` images
+(epoch order is one permutation of (seed, epoch), as DistributedSampler + set_epoch would give, but a pure
+function, so resuming needs no sampler state) and on its own slice of one global noise draw; BatchNorm
+statistics are averaged over the ranks every step. With no batch statistics in G (``g_norm: none``) or D
+(spectral norm on, mbstd off) and no augmentation, W ranks of batch B compute exactly what one process of
+batch W*B computes. Only rank 0 reports, monitors, writes grids, checkpoints and exports.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +46,12 @@ from torch import nn
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from ganops import distributed
 from ganops.augment import diff_augment
 from ganops.checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint
 from ganops.config import GanParams
 from ganops.losses import D_LOSSES, G_LOSSES, r1_penalty
-from ganops.models.gan import GANConfig, build, ema_update
+from ganops.models.gan import GANConfig, Generator, build, ema_update
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +63,22 @@ StepFn = Callable[[int, nn.Module, nn.Module], None]
 
 # GanParams keys that do not shape the weights: changing them never invalidates a checkpoint. (`conditional`
 # does, but through its outcome, the model's class counts: "auto" and true on labelled data are one setting.)
-_NOT_SETTINGS = {"steps", "sample_every", "checkpoint_every", "log_every", "n_samples", "resume", "monitor_every",
-                 "monitor_samples", "best_metric", "nan_max_rollbacks", "nan_lr_factor", "conditional"}  # fmt: skip
-_MODEL_KEYS = {"latent_dim", "ngf", "ndf", "arch", "spectral_norm", "mbstd"}
+_NOT_SETTINGS = {
+    "steps",
+    "sample_every",
+    "checkpoint_every",
+    "log_every",
+    "n_samples",
+    "resume",
+    "monitor_every",
+    "monitor_samples",
+    "best_metric",
+    "nan_max_rollbacks",
+    "nan_lr_factor",
+    "conditional",
+    "nproc",
+}  # fmt: skip  (nproc: what shapes the weights is the world size, added below)
+_MODEL_KEYS = {"latent_dim", "ngf", "ndf", "arch", "spectral_norm", "g_norm", "mbstd"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,13 +102,18 @@ class TrainResult:
     counters: dict[str, int] = field(default_factory=dict)  # d_skipped, nan_rollbacks
 
 
-def training_settings(p: GanParams, cfg: GANConfig, seed: int, data_hash: str) -> dict[str, Any]:
+def training_settings(
+    p: GanParams, cfg: GANConfig, seed: int, data_hash: str, world_size: int = 1
+) -> dict[str, Any]:
     """Everything that shapes the weights; a checkpoint resumes only under identical settings.
 
-    ``steps`` and the reporting intervals are left out, so a finished run can be extended.
+    ``steps`` and the reporting intervals are left out, so a finished run can be extended. The world size
+    is in (it sets the global batch and the data each rank sees), but only when above 1, so one-process
+    checkpoints written before data-parallel training existed still resume.
     """
     opts = {k: v for k, v in p.model_dump().items() if k not in _NOT_SETTINGS | _MODEL_KEYS}
-    return {"model": cfg.to_dict(), **opts, "seed": seed, "data_hash": data_hash}
+    ws = {"world_size": world_size} if world_size > 1 else {}
+    return {"model": cfg.to_dict(), **opts, "seed": seed, "data_hash": data_hash, **ws}
 
 
 def class_counts_for(labels: torch.Tensor | None, conditional: bool | str) -> tuple[int, ...]:
@@ -110,13 +136,18 @@ def class_counts_for(labels: torch.Tensor | None, conditional: bool | str) -> tu
 
 
 def settings_for(
-    images: torch.Tensor, p: GanParams, seed: int, data_hash: str, labels: torch.Tensor | None = None
+    images: torch.Tensor,
+    p: GanParams,
+    seed: int,
+    data_hash: str,
+    labels: torch.Tensor | None = None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """:func:`training_settings` for a dataset of this shape (and these labels)."""
+    """:func:`training_settings` for a dataset of this shape (and these labels), on ``world_size`` ranks."""
     _, C, S, _ = images.shape
     cfg = GANConfig(image_size=S, channels=C, class_counts=class_counts_for(labels, p.conditional),
                     **{k: getattr(p, k) for k in sorted(_MODEL_KEYS)})  # fmt: skip
-    return training_settings(p, cfg, seed, data_hash)
+    return training_settings(p, cfg, seed, data_hash, world_size)
 
 
 def load_resumable(
@@ -147,6 +178,31 @@ def _grid_png(x: torch.Tensor, cols: int = 0) -> bytes:
     nrow = cols or math.ceil(math.sqrt(len(x)))
     save_image(make_grid(x, nrow=nrow, normalize=True, value_range=(-1, 1)), buf, "png")
     return buf.getvalue()
+
+
+class _Pyramid(nn.Module):
+    """``G.pyramid`` as a module's forward, so DistributedDataParallel can wrap it (DDP hooks ``forward``)."""
+
+    def __init__(self, G: Generator):
+        super().__init__()
+        self.G = G
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return self.G.pyramid(z, labels)
+
+
+def _mean_over_ranks(x: torch.Tensor, ddp: bool) -> float:
+    v = x.detach().float().reshape(1).clone()
+    if ddp:
+        distributed.all_sum_(v).div_(distributed.world_size())
+    return v.item()
+
+
+def _any_rank(flag: bool, ddp: bool) -> bool:
+    """True when ``flag`` is true on any rank (a stop request reaches one rank, all must stop together)."""
+    if not ddp:
+        return flag
+    return bool(distributed.all_sum_(torch.tensor([float(flag)])).item() > 0)
 
 
 def pyramid(x: torch.Tensor, scales: list[int]) -> list[torch.Tensor]:
@@ -192,7 +248,8 @@ def train_gan(
         should_stop: polled after every step; True -> checkpoint and return early.
         monitor: scores a generator (eval mode); called every ``p.monitor_every`` steps (0 = never).
         after_step: called with (step, G, D) after every step (extensions; tests inject faults with it).
-        rank, world_size: this process's place in a multi-process run (only rank 0 writes).
+        rank, world_size: this process's place in a data-parallel run (only rank 0 writes); with
+            ``world_size > 1`` the default process group must be initialised (torch.distributed).
         progress: show a progress bar.
 
     Raises:
@@ -208,17 +265,41 @@ def train_gan(
         raise ValueError(f"gan.batch_size {B} x {world_size} process(es) exceeds the {N} images: lower it")
     if labels is not None and len(labels) != N:
         raise ValueError(f"{N} images but {len(labels)} labels")
-    settings = settings_for(images, p, seed, data_hash, labels)
+    ddp = world_size > 1
+    if ddp and distributed.world_size() != world_size:
+        raise ValueError(f"world_size {world_size} needs a torch.distributed process group of that size: "
+                         "launch under torchrun (`ganops train-gan --nproc N`)")  # fmt: skip
+    settings = settings_for(images, p, seed, data_hash, labels, world_size)
     cfg = GANConfig(**settings["model"])
     conditional = cfg.n_classes > 0
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the same init on every rank (DDP also broadcasts rank 0's weights)
     G, D = build(cfg)
-    # channels_last: oneDNN's convolutions run ~1.2x faster in NHWC on CPU (bench/train_throughput.py).
+    # channels_last: oneDNN's convolutions run ~1.2x faster in NHWC on CPU (bench/train_throughput.py),
+    # and cuDNN's tensor-core kernels want NHWC too.
     G = G.to(device).to(memory_format=torch.channels_last)
     D = D.to(device).to(memory_format=torch.channels_last)
     # The EMA generator: never trained directly, always in eval mode; what every consumer of G sees.
+    # Every rank keeps one: it is updated from G's (identical) weights, so it stays identical too.
     G_ema = copy.deepcopy(G).requires_grad_(False).eval() if p.ema_decay > 0 else None
+    # What the loop calls for the passes whose gradients must be averaged over the ranks: G's forward in D's
+    # step (kept for G's step) and D's forward in D's step. G's step calls the raw D: D is frozen there, and
+    # a DDP forward whose parameters get no gradient would leave its reducer waiting.
+    G_fwd: nn.Module = _Pyramid(G)
+    D_fwd: nn.Module = D
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if device.type == "cuda":  # batch statistics over all ranks; SyncBatchNorm refuses CPU tensors
+            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+            D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+            G_fwd = _Pyramid(G)
+        ids = [device.index] if device.type == "cuda" else None
+        # forward_sync_buffers=False (was broadcast_buffers): D runs twice per step (real, fake) and a buffer
+        # broadcast between the two forwards breaks autograd (pytorch#22095); spectral norm's u too.
+        # BatchNorm statistics are averaged explicitly once per step instead (distributed.average_buffers_).
+        G_fwd = DDP(G_fwd, device_ids=ids, forward_sync_buffers=False)
+        D_fwd = DDP(D, device_ids=ids, forward_sync_buffers=False)
     opt_g = torch.optim.Adam(G.parameters(), lr=p.lr_g, betas=(p.beta1, p.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=p.lr_d, betas=(p.beta1, p.beta2))
     loss_d_fn, loss_g_fn = D_LOSSES[p.loss], G_LOSSES[p.loss]
@@ -228,8 +309,11 @@ def train_gan(
     fixed_z = fixed_z.to(device)
     # conditional: one column per class (image i asks for class i mod K), so a grid reads class by class
     fixed_y = torch.arange(p.n_samples, device=device) % cfg.n_classes if conditional else None
-    noise = torch.Generator().manual_seed(seed + 2)  # training noise, drawn on CPU for device independence
-    aug_rng = torch.Generator().manual_seed(seed + 3)  # DiffAugment's draws
+    # Training noise, drawn on CPU for device independence. Every rank draws the global batch's noise from
+    # the same stream and keeps its own slice: per-rank noise, and the same z one process would use.
+    noise = torch.Generator().manual_seed(seed + 2)
+    # DiffAugment's draws: one stream per rank (rank 0's is the one-process stream); all are checkpointed.
+    aug_rng = torch.Generator().manual_seed(seed + 3 + 1_000_003 * rank)
     data = images.to(device)
     classes = labels.to(device) if conditional and labels is not None else None
     history: list[dict[str, float]] = []
@@ -278,7 +362,11 @@ def train_gan(
     if main:  # half-written files of a killed run (their atomic renames never happened)
         remove_stale_temps(out)
     step = 0
-    state = load_resumable(ckpt_path, settings, device) if p.resume else None
+    state = load_resumable(ckpt_path, settings, device) if p.resume and main else None
+    if ddp:  # rank 0's checkpoint for everyone: other nodes need no shared disk
+        state = distributed.broadcast_object(state)
+        if state is not None:
+            state = {**state, "rng_aug": state["rng_aug_ranks"][rank]}
     if state is not None:
         step = restore(state)
         meta = {**state["meta"], **(meta or {})}
@@ -290,11 +378,14 @@ def train_gan(
             shutil.rmtree(old, ignore_errors=True)
     last_good = copy.deepcopy(snapshot())  # what a non-finite loss rolls back to
 
-    def checkpoint() -> None:
+    def checkpoint() -> None:  # on every rank at the same step (it gathers every rank's augmentation RNG)
         nonlocal last_good
         last_good = copy.deepcopy(snapshot())
+        saved = last_good
+        if ddp:
+            saved = {**last_good, "rng_aug_ranks": distributed.gather_objects(aug_rng.get_state())}
         if main:
-            save_checkpoint(ckpt_path, last_good, {"settings": settings})
+            save_checkpoint(ckpt_path, saved, {"settings": settings})
 
     def sampler() -> nn.Module:
         return G_ema if G_ema is not None else G
@@ -366,21 +457,24 @@ def train_gan(
         # Conditional: D judges each image together with its class (real: the label; fake: G's class).
         skipped = 0
         for k in range(p.d_steps):
-            z = torch.randn(B, p.latent_dim, 1, 1, generator=noise).to(device)  # (B, Z, 1, 1)
+            z = torch.randn(B * world_size, p.latent_dim, 1, 1, generator=noise)  # the global batch's noise
+            z = z[rank * B : (rank + 1) * B].to(device)  # (B, Z, 1, 1): this rank's slice
             y_fake = G.labels_for(z) if conditional else None  # (B,): the classes G is asked for
-            fakes = G.pyramid(z, y_fake)  # [(B, C, s, s)], kept for (2) from the last D step
+            # [(B, C, s, s)], kept for (2) from the last D step; earlier ones are only ever used detached
+            with nullcontext() if k == p.d_steps - 1 else torch.no_grad():
+                fakes = G_fwd(z, y_fake)
             r1 = p.r1_gamma > 0 and (step * p.d_steps + k) % p.r1_every == 0
             real_in = diff_augment(reals, policy, aug_rng)
             if r1:  # R1 needs the gradient with respect to D's (augmented) real input
                 real_in = [t.detach().requires_grad_(True) for t in real_in]
-            real_logits = D(real_in, y_real)  # (B,)
+            real_logits = D_fwd(real_in, y_real)  # (B,)
             fake_in = diff_augment([f.detach() for f in fakes], policy, aug_rng)  # detach: D's step, not G's
-            fake_logits = D(fake_in, y_fake)  # (B,)
+            fake_logits = D_fwd(fake_in, y_fake)  # (B,)
             loss_d = loss_d_fn(real_logits, fake_logits)
             total_d = loss_d
             if r1:  # lazy regularisation: every r1_every D steps, scaled up to match
                 total_d = total_d + p.r1_gamma / 2 * p.r1_every * r1_penalty(real_logits, real_in)
-            if p.d_skip_below > 0 and loss_d.item() < p.d_skip_below:
+            if p.d_skip_below > 0 and _mean_over_ranks(loss_d, ddp) < p.d_skip_below:  # all ranks agree
                 skipped += 1  # D is winning: let G catch up (the lesson's advice)
                 continue
             opt_d.zero_grad(set_to_none=True)
@@ -397,6 +491,8 @@ def train_gan(
         loss_g.backward()
         opt_g.step()
         D.requires_grad_(True)
+        if ddp:  # before the EMA copies them: every rank's BatchNorm statistics the same
+            distributed.average_buffers_(G, D)
         if G_ema is not None:  # warm-up: a short average early on, while G changes fast
             ema_update(G_ema, G, min(p.ema_decay, (1 + step) / (10 + step)))
 
@@ -412,7 +508,12 @@ def train_gan(
             or step == p.steps
             or bool(p.monitor_every and step % p.monitor_every == 0)
         )
-        finite = bool(torch.isfinite(loss_d.detach() + loss_g.detach())) and (not writes or _finite(G, D))
+        # Under DDP the losses are averaged over the ranks (one small all-reduce), so all ranks agree on
+        # rolling back; the weights are identical on every rank already.
+        losses = torch.stack([loss_d.detach(), loss_g.detach()]).float()
+        if ddp:
+            distributed.all_sum_(losses).div_(world_size)
+        finite = bool(torch.isfinite(losses).all()) and (not writes or _finite(G, D))
         if not finite:
             if counters["nan_rollbacks"] >= p.nan_max_rollbacks:
                 raise TrainingDiverged(
@@ -441,8 +542,9 @@ def train_gan(
             dt = time.perf_counter() - t0
             row = {
                 "step": float(step),
-                "loss_d": loss_d.item(),
-                "loss_g": loss_g.item(),
+                "loss_d": losses[0].item(),  # over the global batch
+                "loss_g": losses[1].item(),
+                # this rank's batch (rank 0 reports):
                 "d_real": torch.sigmoid(real_logits).mean().item(),  # sigmoid D(x), -> 0.5 at equilibrium
                 "d_fake": torch.sigmoid(fake_logits).mean().item(),  # sigmoid D(G(z)) before D's update
                 "img_per_s": t_images / dt if dt > 0 else 0.0,
@@ -466,17 +568,17 @@ def train_gan(
             sample_grid()
         if step % p.checkpoint_every == 0 or step == p.steps:
             checkpoint()
-        if should_stop and step < p.steps and should_stop(step):
+        if should_stop and step < p.steps and _any_rank(should_stop(step), ddp):
             checkpoint()
             completed = False
             break
     bar.close()
 
     final = None
+    if completed and resumed_from == p.steps:  # nothing was left to train: make sure the outputs exist
+        checkpoint()
     if completed and main:
-        if resumed_from == p.steps:  # nothing was left to train: make sure the outputs exist
-            checkpoint()
-        final = export(out / "final", {"counters": counters})
+        final = export(out / "final", {"counters": counters, "world_size": world_size})
     best_dir = out / "best" if (out / "best" / "config.json").is_file() else None
     return TrainResult(
         step, completed, resumed_from, ckpt_path, final, history, monitored, best_dir, dict(counters)

@@ -160,3 +160,26 @@ def test_noise_for_class_moves_only_z0_into_the_class():
         noise_for_class(z, torch.full((3000,), 3), counts)
     with pytest.raises(ValueError, match="unconditional"):
         noise_for_class(z, torch.zeros(3000, dtype=torch.long), ())
+
+
+def test_g_norm_none_makes_every_image_independent_of_its_batch_mates():
+    z = torch.randn(8, 8, 1, 1)
+    for arch in ("dcgan", "msg"):
+        cfg = GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, arch=arch, g_norm="none")
+        G, _ = build(cfg)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in G.modules())
+        G.train()  # training mode: where BatchNorm would mix the batch
+        whole, halves = G.pyramid(z), [G.pyramid(z[:4]), G.pyramid(z[4:])]
+        for i, x in enumerate(whole):
+            assert torch.allclose(x, torch.cat([halves[0][i], halves[1][i]]), atol=1e-6)
+    G, _ = build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4))  # BatchNorm: the batch matters
+    assert not torch.allclose(G(z)[:4], G(z[:4]), atol=1e-4)
+
+
+def test_g_norm_default_keeps_older_checkpoint_configs_equal():
+    # configs written before g_norm existed have no such key; they must compare equal (resume) and load
+    assert "g_norm" not in GANConfig().to_dict()
+    assert GANConfig(**GANConfig().to_dict()) == GANConfig()
+    assert GANConfig(g_norm="none").to_dict()["g_norm"] == "none"
+    with pytest.raises(ValueError, match="g_norm"):
+        GANConfig(g_norm="layer")

@@ -44,6 +44,7 @@ class GANConfig:
     spectral_norm: bool = False  # spectral normalisation on every D conv (and no BatchNorm in D)
     mbstd: bool = False  # minibatch standard-deviation channel before D's last conv
     class_counts: tuple[int, ...] = ()  # images per class of a class-conditional pair (() = unconditional)
+    g_norm: str = "batch"  # batch: BatchNorm in G (DCGAN) | none: no normalisation, every sample on its own
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_counts", tuple(int(c) for c in self.class_counts))  # JSON gives lists
@@ -55,6 +56,8 @@ class GANConfig:
             raise ValueError(f"image_size must be a power of two >= 8, got {s}")
         if self.arch not in ("dcgan", "msg"):
             raise ValueError(f"arch must be dcgan or msg, got {self.arch!r}")
+        if self.g_norm not in ("batch", "none"):
+            raise ValueError(f"g_norm must be batch or none, got {self.g_norm!r}")
 
     @property
     def scales(self) -> list[int]:
@@ -74,8 +77,15 @@ class GANConfig:
         return int(math.log2(self.image_size)) - 2
 
     def to_dict(self) -> dict:
-        """JSON-ready (a list for class_counts), so a dict read back from a checkpoint compares equal."""
-        return {**asdict(self), "class_counts": list(self.class_counts)}
+        """JSON-ready (a list for class_counts), so a dict read back from a checkpoint compares equal.
+
+        ``g_norm`` is left out at its default: checkpoints written before it existed hold no such key, and
+        must still resume (their settings compare equal) and load.
+        """
+        d = {**asdict(self), "class_counts": list(self.class_counts)}
+        if d["g_norm"] == "batch":
+            del d["g_norm"]
+        return d
 
 
 class Generator(nn.Module):
@@ -84,15 +94,23 @@ class Generator(nn.Module):
         self.cfg = cfg
         n = cfg.n_blocks
         ch = [cfg.ngf * 2 ** (n - 1 - i) for i in range(n)]  # S=32, ngf=32: [128, 64, 32]
+        # g_norm "none": no batch statistics, so each image depends on its own z only — what makes a
+        # data-parallel run on CPU (no SyncBatchNorm there) the same maths as one process on the whole batch.
+        # The Identity keeps the layer indices (pyramid() slices self.main in blocks of three).
+        bn = cfg.g_norm == "batch"
+
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if bn else nn.Identity()
+
         layers: list[nn.Module] = [
             # (B, Z [+K], 1, 1) -> (B, ch0, 4, 4); conditional: the class one-hot joins z
-            nn.ConvTranspose2d(cfg.latent_dim + cfg.n_classes, ch[0], 4, 1, 0, bias=False),
-            nn.BatchNorm2d(ch[0]),
+            nn.ConvTranspose2d(cfg.latent_dim + cfg.n_classes, ch[0], 4, 1, 0, bias=not bn),
+            norm(ch[0]),
             nn.ReLU(True),
         ]
         for a, b in zip(ch, ch[1:], strict=False):
             # (B, a, H, W) -> (B, b, 2H, 2W)
-            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=not bn), norm(b), nn.ReLU(True)]
         # (B, ngf, S/2, S/2) -> (B, C, S, S) in [-1, 1]
         layers += [nn.ConvTranspose2d(ch[-1], cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
