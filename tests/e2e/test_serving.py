@@ -155,8 +155,11 @@ def test_health_endpoints(server):
 def test_bento_builds(tmp_path):
     env = os.environ | {"BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
     work = tmp_path / "ctx"
-    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", "data", "models", "mlartifacts",
-                                                             "metrics", "*.db", "dist", "__pycache__"))  # fmt: skip
+    # the build context without the working copy's bulk: venv, git, DVC cache, tool caches, stage outputs
+    skip = shutil.ignore_patterns(".venv", ".git", ".dvc", ".ganops", ".mypy_cache", ".ruff_cache", ".pytest_cache",
+                                  "data", "models", "mlartifacts", "metrics", "*.db*", "dist", "__pycache__",
+                                  "dvc_plots", "bench")  # fmt: skip
+    shutil.copytree(ROOT, work, ignore=skip)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", "dist", "."], cwd=work,
                    env=env, check=True, capture_output=True)  # fmt: skip
     r = subprocess.run([str(BIN / "bentoml"), "build", "-f", "serving/bentofile.yaml", "."], cwd=work, env=env,
@@ -181,3 +184,41 @@ def test_stylize_returns_an_image_of_the_upload_size(server):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (50, 37)
+
+
+def test_stylize_applies_the_registered_net(server):
+    # the served pixels are the registered fast net's forward pass on the upload, not just "an image"
+    import json
+
+    import mlflow
+
+    from ganops.models.style import TransformerConfig, TransformerNet
+
+    base, facts = server
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    r = post(base, "/stylize", files=_upload(photo), data={"style": "waves"})
+    assert r.status_code == 200, r.text
+    served = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.int16)
+    mlflow.set_tracking_uri(f"sqlite:///{facts['root'] / 'mlflow.db'}")
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts("models:/ganops-style-waves@champion"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    net = TransformerNet(TransformerConfig(**json.loads((folder / "config.json").read_text())["model"]))
+    net.load_state_dict(torch.load(folder / "transformer.pt", weights_only=True))
+    x = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        y = net.eval()(x)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    expected = (y * 255).round().astype(np.int16)
+    assert served.shape == expected.shape and np.abs(served - expected).max() <= 1
+    assert r.headers["x-style-version"] == "1"
+
+
+def test_stylize_scales_an_oversized_upload_down_to_the_long_side_limit(server):
+    base, _ = server
+    r = post(
+        base, "/stylize", files=_upload(Image.new("RGB", (1200, 60), (10, 200, 90))), data={"style": "waves"}
+    )
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (1024, 51)  # GANOPS_STYLE_MAX_SIDE (1024), aspect kept
