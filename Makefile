@@ -119,7 +119,7 @@ bench-gan: $(STAMP)
 # Rebuildable outputs only (stage outputs, plots, builds; `dvc repro` makes them again). Never the tracking
 # store: every MLflow run, the registry and the champion live in mlflow.db + mlartifacts/ (see clean-tracking).
 clean:
-	rm -rf data/prepared models/gan models/classifier models/style data/style data/stylized data/stylized_sheet.png metrics dvc_plots dist
+	rm -rf data/prepared models/gan models/classifier models/style data/stylized data/stylized_sheet.png metrics dvc_plots dist
 
 # Flow-run workspaces beyond the 20 newest (never a running one).
 clean-flow-runs: $(STAMP)

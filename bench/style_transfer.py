@@ -28,7 +28,6 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -180,12 +179,10 @@ def save_jpg(img, path: Path) -> None:  # noqa: ANN001 - a PIL image
 
 
 def photos(extra: Path | None) -> list[tuple[str, torch.Tensor]]:
-    """scikit-learn's two sample photos (as stage style_inputs writes them), then those in ``extra``."""
-    from ganops.style_inputs import write_defaults
-
-    with tempfile.TemporaryDirectory() as d:
-        write_defaults(d)
-        out = [(f.stem, load_image(f, 512)) for f in list_images(Path(d) / "content")]
+    """The demo's photos (scikit-learn's two samples, shipped in data/photos/), then those in ``extra``."""
+    out = [
+        (f.stem, load_image(f, 512)) for f in list_images(Path(__file__).resolve().parents[1] / "data/photos")
+    ]
     return out + [(f.stem, load_image(f, 512)) for f in (list_images(extra) if extra else [])]
 
 

@@ -49,17 +49,13 @@ def sheet(params: Params, at: stages.Layout) -> str:
 
 def _inputs(params: Params, overrides: list[str], at: stages.Layout) -> Params:
     """Snapshot the photos and style images into the workspace (``inputs/``) and point the params at the
-    copies: a ``dvc repro`` rewriting the project's folders meanwhile cannot change what this run reads.
-    A missing default folder is generated into the workspace (as the DVC stage style_inputs would)."""
+    copies: a ``dvc repro`` or a user changing the project's folders meanwhile cannot change what it reads."""
     fixed = list(overrides)
     for key in ("content_dir", "style_dir"):
         rel = getattr(params.style, key)
         src = Path(rel) if Path(rel).is_absolute() else ROOT / rel
         if not src.is_dir():
-            stages.style_inputs(at)  # the offline samples, generated inside the workspace
-            src = at.root / rel
-            if not src.is_dir():
-                raise stages.StageError(f"style.{key}: {rel} is not a folder")
+            raise stages.StageError(f"style.{key}: {rel} is not a folder")
         dst = at.root / "inputs" / key
         if src != dst:
             shutil.copytree(src, workspaces.fresh_copy_target(dst))

@@ -194,15 +194,20 @@ def paintings(project: Path) -> None:
     shutil.copytree(ROOT / "data/paintings", project / "data/paintings")
 
 
-def test_style_inputs_stylize_and_sheet(project, isolated_tracking):
+def photos(project: Path) -> None:
+    """The shipped default photos, where params.yaml's style.content_dir expects them."""
+    shutil.copytree(ROOT / "data/photos", project / "data/photos")
+
+
+def test_stylize_and_sheet(project, isolated_tracking):
     runner = CliRunner()
     paintings(project)
-    r = runner.invoke(app, ["style-inputs"])
-    assert r.exit_code == 0 and "china.png, flower.png" in r.output
+    photos(project)
+    before = {f.name: f.read_bytes() for f in (project / "data/photos").iterdir()}
     r = runner.invoke(app, ["stylize", "--style", "starry_night", "--no-progress", *STYLE_TINY])
     assert r.exit_code == 0, r.output
     assert "starry_night: feature extractor vgg19-caffe-q8, method gatys" in r.output
-    assert "starry_night x china.png -> data/stylized/starry_night/china.png (loss" in r.output
+    assert "starry_night x china.jpg -> data/stylized/starry_night/china.png (loss" in r.output
     m = json.loads((project / "metrics/stylize/starry_night.json").read_text())
     assert m["extractor"] == "vgg19-caffe-q8" and set(m["pairs"]) == {"china", "flower"}
     assert m["pairs"]["china"]["final_total"] < m["pairs"]["china"]["start_total"]
@@ -215,7 +220,7 @@ def test_style_inputs_stylize_and_sheet(project, isolated_tracking):
     from PIL import Image
 
     out = Image.open(project / "data/stylized/shipwreck/flower.png")
-    src = Image.open(project / "data/style/content/flower.png")
+    src = Image.open(project / "data/photos/flower.jpg")
     assert out.size == src.size  # the fast net styles at full size
     r = runner.invoke(app, ["stylize-sheet"])
     assert r.exit_code == 0 and "2 contents x 3 styles" in r.output
@@ -226,6 +231,8 @@ def test_style_inputs_stylize_and_sheet(project, isolated_tracking):
         1 + 2
     )  # gatys pairs, 2 x (fast training + pairs)
     assert int(c.get_model_version_by_alias("ganops-style-shipwreck", "champion").version) == 1
+    # the photos folder is an input only: every stage left it exactly as it was
+    assert {f.name: f.read_bytes() for f in (project / "data/photos").iterdir()} == before
 
 
 def test_stylize_errors_name_what_is_wrong(project):
@@ -234,15 +241,15 @@ def test_stylize_errors_name_what_is_wrong(project):
     assert r.exit_code == 2 and "unknown style 'starry'; style.styles defines: starry_night, the_scream, " \
         "shipwreck" in r.output  # fmt: skip
     r = runner.invoke(app, ["stylize", "--style", "shipwreck"])
-    assert r.exit_code == 2 and "data/style/content: no such folder" in r.output
-    runner.invoke(app, ["style-inputs"])
+    assert r.exit_code == 2 and "data/photos: no such folder" in r.output
+    photos(project)
     r = runner.invoke(app, ["stylize", "--style", "shipwreck"])
     assert r.exit_code == 2 and "data/paintings: no such folder" in r.output
     paintings(project)
     (project / "data/paintings/shipwreck.jpg").unlink()
     r = runner.invoke(app, ["stylize", "--style", "shipwreck"])
     assert r.exit_code == 2 and "style image(s) ['shipwreck'] not in data/paintings/" in r.output
-    (project / "data/style/content/broken.jpg").write_bytes(b"\xff\xd8 nope")
+    (project / "data/photos/broken.jpg").write_bytes(b"\xff\xd8 nope")
     r = runner.invoke(app, ["stylize", "--style", "the_scream"])
     assert r.exit_code == 2 and "broken.jpg: not an image" in r.output
 

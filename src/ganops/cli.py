@@ -240,13 +240,6 @@ def champion_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -
     typer.echo(f"{name}@{alias} = v{facts['version']} (run {facts['run_id']}): {numbers}")
 
 
-@app.command("style-inputs")
-def style_inputs_cmd() -> None:
-    """Stage `style_inputs`: write the offline default content photos to data/style/content/."""
-    w = _run(stages.style_inputs)
-    typer.echo(f"content {', '.join(w['content'])} -> data/style/content/")
-
-
 @app.command()
 def stylize(
     style: Annotated[str, typer.Option(help="Which entry of style.styles to apply.")],

@@ -138,7 +138,7 @@ CALIBRATED_WEIGHTS: dict[str, tuple[float, float, float]] = {
 
 
 class StyleParams(_Group):
-    content_dir: str = "data/style/content"
+    content_dir: str = "data/photos"
     style_dir: str = "data/paintings"
     styles: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {"starry_night": {"starry_night": 1.0}}

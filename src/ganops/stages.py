@@ -82,10 +82,6 @@ class Layout:
         return self.root / "metrics"
 
     @property
-    def style_inputs(self) -> Path:
-        return self.root / "data/style"
-
-    @property
     def stylized(self) -> Path:
         return self.root / "data/stylized"
 
@@ -347,13 +343,6 @@ def promote(p: Params, at: Layout = Layout()) -> tuple[Any, dict[str, Any], dict
 
 
 # ----------------------------------------------------------------------------- style stages
-
-
-def style_inputs(at: Layout = Layout()) -> dict[str, list[str]]:
-    """Stage `style_inputs`: the offline sample photos under data/style/content/."""
-    from ganops.style_inputs import write_defaults
-
-    return write_defaults(at.style_inputs)
 
 
 def _style_files(style_dir: Path, blend: dict[str, float]) -> list[tuple[Path, float]]:

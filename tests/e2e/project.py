@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PARAMS = ROOT / "tests" / "params.yaml"  # a fixed copy: the working copy's params.yaml is the user's
 PIPELINE_FILES = ["dvc.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "data/.gitignore",
-                  "models/.gitignore", "data/paintings/README.md", "data/paintings/starry_night.jpg",
+                  "models/.gitignore", "data/photos/README.md", "data/photos/china.jpg", "data/photos/flower.jpg",
+                  "data/paintings/README.md", "data/paintings/starry_night.jpg",
                   "data/paintings/the_scream.jpg", "data/paintings/shipwreck.jpg"]  # fmt: skip
 
 

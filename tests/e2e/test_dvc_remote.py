@@ -21,7 +21,7 @@ TINY = {
     "evaluate": {"kid_subset_size": 20, "n_samples": 200},
     "style": {"size": 32, "steps": 3, "style_layers": {"relu1_1": 1.0, "relu2_1": 1.0}},
 }  # fmt: skip
-STAGES = ("prepare", "train_gan", "classifier", "evaluate", "promote", "style_inputs", "stylize_sheet")
+STAGES = ("prepare", "train_gan", "classifier", "evaluate", "promote", "stylize_sheet")
 
 
 def test_push_then_fresh_clone_pulls_and_repro_runs_nothing(tmp_path):

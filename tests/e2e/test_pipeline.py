@@ -53,7 +53,7 @@ def _runs(d: Path):
 
 def test_repro_trains_logs_and_is_idempotent(repo):
     d, env, r = repo
-    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote", "style_inputs",
+    for stage in ("prepare", "train_gan", "classifier", "evaluate", "promote",
                   "stylize@starry_night", "stylize@the_scream", "stylize@shipwreck", "stylize_sheet"):  # fmt: skip
         assert f"Running stage '{stage}'" in r.stdout
     for out in ["data/prepared/dataset.pt", "data/prepared/manifest.json", "models/gan/final/generator.pt",
