@@ -356,3 +356,19 @@ def test_diffaugment_sees_real_and_fake_in_both_phases_with_one_policy(images, t
     # per step: D phase real (no grad), D phase fake (detached), G phase fake (grad flows to G)
     assert calls == [(("translation", "cutout"), False), (("translation", "cutout"), False),
                      (("translation", "cutout"), True)] * 2  # fmt: skip
+
+
+def test_bf16_autocast_trains_in_float32_weights_and_resumes_exactly(images, tmp_path):
+    # gan.amp is meant for CUDA; CPU autocast runs the same code path here (bf16 forward, fp32 weights)
+    fp32 = train_gan(images, tiny(steps=4), tmp_path / "fp32", progress=False)
+    full = train_gan(images, tiny(steps=4, amp=True), tmp_path / "full", progress=False)
+    a = _weights(full.checkpoint)
+    assert all(v.dtype == torch.float32 for v in a["G"].values() if v.is_floating_point())
+    assert all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in full.history)
+    assert full.history[-1]["loss_d"] != fp32.history[-1]["loss_d"]  # bf16 forward passes: other numbers
+    train_gan(images, tiny(steps=2, amp=True), tmp_path / "split", progress=False)
+    b = _weights(train_gan(images, tiny(steps=4, amp=True), tmp_path / "split", progress=False).checkpoint)
+    assert all(torch.equal(a[net][k], b[net][k]) for net in ("G", "D") for k in a[net])
+    # an amp checkpoint does not resume in float32 (other settings), and fp32 settings omit the key
+    assert train_gan(images, tiny(steps=4), tmp_path / "split", progress=False).resumed_from == 0
+    assert "amp" not in json.loads((tmp_path / "fp32" / "final" / "config.json").read_text())["settings"]

@@ -91,6 +91,7 @@ class GanParams(_Group):
     nan_max_rollbacks: int = Field(3, ge=0)
     nan_lr_factor: float = Field(0.5, gt=0, lt=1)
     nproc: int = Field(1, ge=1)
+    amp: bool = False
 
 
 class ClassifierParams(_Group):

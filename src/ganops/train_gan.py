@@ -112,6 +112,8 @@ def training_settings(
     checkpoints written before data-parallel training existed still resume.
     """
     opts = {k: v for k, v in p.model_dump().items() if k not in _NOT_SETTINGS | _MODEL_KEYS}
+    if not p.amp:  # left out when off, like the world size: older checkpoints never had the key
+        del opts["amp"]
     ws = {"world_size": world_size} if world_size > 1 else {}
     return {"model": cfg.to_dict(), **opts, "seed": seed, "data_hash": data_hash, **ws}
 
@@ -303,6 +305,12 @@ def train_gan(
     opt_g = torch.optim.Adam(G.parameters(), lr=p.lr_g, betas=(p.beta1, p.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=p.lr_d, betas=(p.beta1, p.beta2))
     loss_d_fn, loss_g_fn = D_LOSSES[p.loss], G_LOSSES[p.loss]
+
+    def amp() -> torch.autocast:
+        # gan.amp: the nets' forward passes in bfloat16 (tensor cores on CUDA; slower on most CPUs); losses,
+        # optimiser state and weights stay float32. A fresh context each use (autocast keeps enter state).
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.amp)
+
     policy = tuple(p.diffaugment)
     # Fixed noise: the same z every grid, so grids are comparable across steps and runs.
     fixed_z = torch.randn(p.n_samples, p.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1))
@@ -461,15 +469,17 @@ def train_gan(
             z = z[rank * B : (rank + 1) * B].to(device)  # (B, Z, 1, 1): this rank's slice
             y_fake = G.labels_for(z) if conditional else None  # (B,): the classes G is asked for
             # [(B, C, s, s)], kept for (2) from the last D step; earlier ones are only ever used detached
-            with nullcontext() if k == p.d_steps - 1 else torch.no_grad():
-                fakes = G_fwd(z, y_fake)
+            with nullcontext() if k == p.d_steps - 1 else torch.no_grad(), amp():
+                fakes = [f.float() for f in G_fwd(z, y_fake)]
             r1 = p.r1_gamma > 0 and (step * p.d_steps + k) % p.r1_every == 0
             real_in = diff_augment(reals, policy, aug_rng)
             if r1:  # R1 needs the gradient with respect to D's (augmented) real input
                 real_in = [t.detach().requires_grad_(True) for t in real_in]
-            real_logits = D_fwd(real_in, y_real)  # (B,)
+            with amp():
+                real_logits = D_fwd(real_in, y_real).float()  # (B,)
             fake_in = diff_augment([f.detach() for f in fakes], policy, aug_rng)  # detach: D's step, not G's
-            fake_logits = D_fwd(fake_in, y_fake)  # (B,)
+            with amp():
+                fake_logits = D_fwd(fake_in, y_fake).float()  # (B,)
             loss_d = loss_d_fn(real_logits, fake_logits)
             total_d = loss_d
             if r1:  # lazy regularisation: every r1_every D steps, scaled up to match
@@ -486,7 +496,9 @@ def train_gan(
         # BCE: maximise log D(G(z)) (non-saturating); hinge: maximise D(G(z)). Through the just-updated D,
         # whose weights are frozen so its backward computes input gradients only.
         D.requires_grad_(False)
-        loss_g = loss_g_fn(D(diff_augment(fakes, policy, aug_rng), y_fake))
+        fake_in = diff_augment(fakes, policy, aug_rng)
+        with amp():
+            loss_g = loss_g_fn(D(fake_in, y_fake).float())
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
