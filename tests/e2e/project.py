@@ -57,3 +57,18 @@ def new_project(
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], d, env)
     sh(["dvc", "init", "-q"], d, env)
+
+
+def tiny_project(d: Path, env: dict[str, str], groups: dict[str, dict], *, commit: bool = True) -> Path:
+    """:func:`new_project` (copying ``src``) with each params group updated from ``groups``; committed
+    unless ``commit`` is false. Returns ``d``."""
+
+    def edit(params: dict) -> None:
+        for group, values in groups.items():
+            params[group].update(values)
+
+    new_project(d, env, edit, copy=("src",))
+    if commit:
+        sh(["git", "add", "-A"], d, env)
+        sh(["git", "commit", "-qm", "project"], d, env)
+    return d

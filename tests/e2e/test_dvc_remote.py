@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.project import new_project, project_env, sh
+from tests.e2e.project import project_env, sh, tiny_project
 
 pytestmark = pytest.mark.e2e
 
@@ -28,12 +28,7 @@ def test_push_then_fresh_clone_pulls_and_repro_runs_nothing(tmp_path):
     env = project_env()
     d, remote, clone = tmp_path / "project", tmp_path / "remote", tmp_path / "clone"
     d.mkdir()
-
-    def tiny(params: dict) -> None:
-        for group, values in TINY.items():
-            params[group].update(values)
-
-    new_project(d, env, tiny, copy=("src",))
+    tiny_project(d, env, TINY, commit=False)
     sh(["dvc", "remote", "add", "-d", "store", str(remote)], d, env)
     r = sh(["dvc", "repro"], d, env)
     assert all(f"Running stage '{s}'" in r.stdout for s in STAGES)

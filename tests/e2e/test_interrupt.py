@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tests.e2e.project import BIN, new_project, project_env, sh
+from tests.e2e.project import BIN, project_env, sh, tiny_project
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +29,7 @@ TINY = {
 
 
 def _project(d: Path, env: dict[str, str]) -> Path:
-    def tiny(params: dict) -> None:
-        for group, values in TINY.items():
-            params[group].update(values)
-
-    new_project(d, env, tiny, copy=("src",))
-    sh(["git", "add", "-A"], d, env)
-    sh(["git", "commit", "-qm", "project"], d, env)
+    tiny_project(d, env, TINY)
     sh(["ganops", "prepare"], d, env)
     return d
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.project import BIN, ROOT, new_project, project_env, sh
+from tests.e2e.project import BIN, ROOT, project_env, sh, tiny_project
 from tests.e2e.servers import start_server, stop
 
 pytestmark = pytest.mark.e2e
@@ -38,14 +38,7 @@ GAN_STAGES = ["prepare", "classifier", "train_gan", "evaluate", "promote"]
 def repo(tmp_path_factory):
     d = tmp_path_factory.mktemp("lineage")
     env = project_env()
-
-    def tiny(params: dict) -> None:
-        for group, values in TINY.items():
-            params[group].update(values)
-
-    new_project(d, env, tiny, copy=("src",))
-    sh(["git", "add", "-A"], d, env)
-    sh(["git", "commit", "-qm", "project"], d, env)
+    tiny_project(d, env, TINY)
     sh(["dvc", "repro", "promote"], d, env)
     sh(["git", "add", "-A"], d, env)
     sh(["git", "commit", "-qm", "baseline"], d, env)

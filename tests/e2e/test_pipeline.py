@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.project import new_project, project_env, sh
+from tests.e2e.project import project_env, sh, tiny_project
 from tests.e2e.servers import start_server, stop
 
 pytestmark = pytest.mark.e2e
@@ -32,14 +32,7 @@ def repo(tmp_path_factory):
     happens here, not in whichever test comes first)."""
     d = tmp_path_factory.mktemp("project")
     env = project_env()
-
-    def tiny(params: dict) -> None:
-        for group, values in TINY.items():
-            params[group].update(values)
-
-    new_project(d, env, tiny, copy=("src",))
-    sh(["git", "add", "-A"], d, env)
-    sh(["git", "commit", "-qm", "project"], d, env)
+    tiny_project(d, env, TINY)
     first = sh(["dvc", "repro"], d, env)
     return d, env, first
 

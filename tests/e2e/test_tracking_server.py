@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.e2e import postgres
-from tests.e2e.project import BIN, new_project, project_env, sh
+from tests.e2e.project import BIN, project_env, sh, tiny_project
 from tests.e2e.servers import start_server, stop
 
 pytestmark = pytest.mark.e2e
@@ -55,14 +55,7 @@ def server(tmp_path_factory):
 
 
 def _project(d: Path, env: dict[str, str]) -> Path:
-    def tiny(params: dict) -> None:
-        for group, values in TINY.items():
-            params[group].update(values)
-
-    new_project(d, env, tiny, copy=("src",))
-    sh(["git", "add", "-A"], d, env)
-    sh(["git", "commit", "-qm", "project"], d, env)
-    return d
+    return tiny_project(d, env, TINY)
 
 
 def test_pipeline_promotes_a_champion_on_the_server(tmp_path, server):
