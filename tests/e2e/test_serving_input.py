@@ -77,6 +77,14 @@ def test_bad_generate_requests_are_4xx_and_the_server_stays_up(server, kwargs, s
     still_serving(base)
 
 
+def test_an_empty_post_needs_no_content_type(server):
+    base, facts = server
+    r = httpx.post(base + "/model", timeout=30)  # curl -X POST .../model
+    assert r.status_code == 200 and r.json()["version"] == facts["version"]
+    r = httpx.post(base + "/generate", content=b"", headers={"content-type": "text/plain"}, timeout=30)
+    assert r.status_code == 415  # a typed body is a body: only JSON
+
+
 def test_wrong_method_is_405(server):
     base, _ = server
     assert httpx.get(base + "/generate", timeout=10).status_code == 405
