@@ -254,7 +254,7 @@ def test_schemathesis_fuzz_of_the_openapi_spec_finds_no_server_error(server, tmp
     base, _ = server
     cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", base + "/docs.json", "--url", base,
            "--checks", "not_a_server_error", "--phases", "examples,coverage,fuzzing", "--max-examples", "40",
-           "--seed", "1", "--generation-deterministic", "--generation-database", "none", "--workers", "1",
+           "--seed", "1", "--generation-deterministic", "--workers", "1",
            "--request-timeout", "30", "--max-time", "120", "--no-color",
            "--report", "junit", "--report-dir", str(tmp_path)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
