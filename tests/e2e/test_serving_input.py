@@ -259,10 +259,10 @@ def test_schemathesis_fuzz_of_the_openapi_spec_finds_no_server_error(server, tmp
            "--request-timeout", "30", "--max-time", "60", "--no-color",
            "--report", "junit", "--report-dir", str(tmp_path)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    # exit 1 also covers a "Schema Error" schemathesis raises on one of BentoML's own generated routes
-    # (seen 2026-11-29); what this test is about is that every generated case passed not_a_server_error
+    # every route must be fuzzed (a "Schema Error" means one was not: `lt=2**63` on seed once made
+    # OpenAPI 3.0's exclusiveMaximum without maximum) and every generated case free of server errors
     counts = re.search(r"(\d+) generated, (\d+) passed", r.stdout)
-    assert r.returncode in (0, 1) and counts, r.stdout[-6000:] + r.stderr[-2000:]
+    assert counts and "Schema Error" not in r.stdout, r.stdout[-6000:] + r.stderr[-2000:]
     assert int(counts[1]) > 0 and counts[1] == counts[2], r.stdout[-6000:]
     assert "/generate" in r.stdout and "/stylize" in r.stdout  # the routes were exercised, not skipped
     still_serving(base)
