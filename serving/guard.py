@@ -6,8 +6,9 @@ A service on localhost is reachable from any web page the user opens (a form POS
      DNS rebinding sends the attacker's host name, so it stops here. /livez and /readyz are exempt
      (orchestrators probe by IP).
   2. A POST carrying an Origin must come from the page's own origin (or GANOPS_ALLOWED_ORIGINS) -> 403.
-  3. Content type: JSON routes take only application/json (a cross-site form cannot send it without a
-     CORS preflight, which we never grant); /stylize takes only multipart/form-data -> else 415.
+  3. Content type: JSON routes take only application/json, or no body at all (a cross-site form cannot
+     send JSON without a CORS preflight, which we never grant); /stylize takes only multipart/form-data
+     -> else 415.
   4. The body is read here, counted chunk by chunk whatever the headers say (chunked encoding too), up to
      the route's limit -> else 413; then replayed to the app.
   5. /stylize: the form is parsed here first: ``image`` must be one uploaded file with a sane file name
@@ -79,7 +80,12 @@ class Guard:
                 return _error(403, f"cross-origin request from {origin!r} refused (set GANOPS_ALLOWED_ORIGINS "
                                    "to allow a web app on another origin)")  # fmt: skip
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if method == "POST" and path in self.json_routes and media != "application/json":
+        # an empty POST without a type is fine (nothing to parse: `curl -X POST .../model`); any body
+        # of another type is refused
+        empty = (
+            media == "" and headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+        )
+        if method == "POST" and path in self.json_routes and media != "application/json" and not empty:
             return _error(415, f"{path} takes a JSON body: send Content-Type: application/json")
         if method == "POST" and path in self.multipart_routes and media != "multipart/form-data":
             return _error(415, f"{path} takes a multipart/form-data upload (curl -F image=@photo.jpg)")

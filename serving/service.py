@@ -86,7 +86,7 @@ class GanService:
         self,
         n: Annotated[StrictInt, Field(ge=1, le=MAX_N, description="number of images")] = 16,
         seed: Annotated[
-            StrictInt | None, Field(ge=0, lt=2**63, description="same seed -> same images")
+            StrictInt | None, Field(ge=0, le=2**63 - 1, description="same seed -> same images")
         ] = None,
         format: Literal["grid", "png_list", "npy"] = "grid",
         label: Annotated[
