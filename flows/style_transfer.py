@@ -1,6 +1,7 @@
 """Flow `style-transfer`: every content x style pair as its own Prefect task, submitted concurrently.
 
     prefect deployment run 'style-transfer/local' --param overrides='["style.steps=300"]' --watch
+    prefect deployment run 'style-transfer/local' --param dask_workers=2 --watch   # pairs on a Dask LocalCluster
 
 Uses the same ganops.stages functions as the DVC stages, but works in its own workspace
 (``.ganops/flow-runs/<id>/``: ``data/stylized/<style>/``, ``data/stylized_sheet.png``), so two flow runs and
@@ -40,6 +41,40 @@ def stylize_pair(
 ) -> dict[str, Any]:
     saved, metrics = stages.stylize_pair(params, job, content, at, ctx=ctx)
     return {"style": job.style, "content": content.name, "output": str(saved), **metrics}
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{style} x {content.name}")
+def stylize_pair_in_worker(
+    params: Params, style: str, content: Path, at: stages.Layout, ctx: RunContext
+) -> dict[str, Any]:
+    """:func:`stylize_pair` for a Dask worker: takes and returns paths and plain values only; the feature
+    extractor (and a fast net, from what setup saved) are rebuilt here from the params."""
+    from distributed import get_worker
+
+    get_run_logger().info("%s x %s on Dask worker %s", style, content.name, get_worker().address)
+    job = stages.style_job(params, style, at)
+    saved, metrics = stages.stylize_pair(params, job, content, at, ctx=ctx)
+    return {"style": style, "content": content.name, "output": str(saved), **metrics}
+
+
+@flow(name="style-transfer-pairs")
+def pairs_on_dask(
+    params: Params, pairs: list[tuple[str, Path]], at: stages.Layout, ctx: RunContext
+) -> list[dict[str, Any]]:
+    """The pairs fanned out on the task runner given by ``with_options`` (a DaskTaskRunner)."""
+    futures = [stylize_pair_in_worker.submit(params, style, content, at, ctx) for style, content in pairs]
+    return [f.result() for f in futures]
+
+
+def dask_runner(workers: int, address: str | None) -> Any:
+    """A DaskTaskRunner on the scheduler at ``address``, or on a LocalCluster of ``workers`` processes
+    (one thread each: every pair already uses torch's threads)."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                          "dashboard_address": None})  # fmt: skip
 
 
 @task(cache_policy=NO_CACHE)
@@ -84,7 +119,11 @@ def report(params: Params, jobs: list[stages.StyleJob], pairs: list[dict], sheet
 
 @flow(name="style-transfer", log_prints=True)
 def style_transfer_flow(
-    overrides: list[str] | None = None, styles: list[str] | None = None, keep_runs: int = 20
+    overrides: list[str] | None = None,
+    styles: list[str] | None = None,
+    keep_runs: int = 20,
+    dask_workers: int = 0,
+    dask_address: str | None = None,
 ) -> dict:
     """Style every content image with every style (or the listed ``styles``), then draw the contact sheet.
 
@@ -92,7 +131,15 @@ def style_transfer_flow(
         overrides: params.yaml overrides, e.g. ["style.steps=300", "style.method=fast"] (validated first).
         styles: names from style.styles (default: all of them).
         keep_runs: keep this many newest flow-run workspaces in .ganops/flow-runs/ (negative: all).
+        dask_workers: > 0: fan the pairs out on a Dask LocalCluster of this many worker processes
+            (prefect-dask's DaskTaskRunner, in a subflow `style-transfer-pairs`); 0: threads in this process.
+        dask_address: fan the pairs out on the Dask scheduler at this address (e.g. tcp://host:8786) instead;
+            its workers need this project's environment, the same paths and PREFECT_API_URL.
     """
+    if dask_workers < 0:
+        raise ValueError(f"dask_workers must be >= 0, got {dask_workers}")
+    if dask_workers and dask_address:
+        raise ValueError("give dask_workers (a LocalCluster) or dask_address (a scheduler), not both")
     overrides = list(overrides or [])
     params = load_params(ROOT / "params.yaml", overrides)  # fails fast with the key's name
     run_id = str(flow_run.get_id() or "local")
@@ -105,8 +152,13 @@ def style_transfer_flow(
         params = _inputs(params, overrides, at)
         names = styles or list(params.style.styles)
         jobs = [setup(params, s, at, ctx) for s in names]  # sequential: a fast net trains here
-        futures = [stylize_pair.submit(params, job, c, at, ctx) for job in jobs for c in job.contents]
-        pairs = [f.result() for f in futures]
+        if dask_workers or dask_address:  # paths and params cross processes, never tensors or the VGG
+            todo = [(job.style, c) for job in jobs for c in job.contents]
+            runner = dask_runner(dask_workers, dask_address)
+            pairs = pairs_on_dask.with_options(task_runner=runner)(params, todo, at, ctx)
+        else:
+            futures = [stylize_pair.submit(params, job, c, at, ctx) for job in jobs for c in job.contents]
+            pairs = [f.result() for f in futures]
         path = sheet(params, at) if set(names) == set(params.style.styles) else None
         outputs = [Path(r["output"]) for r in pairs] + ([Path(path)] if path else [])
         workspaces.publish(work, outputs, {"flow": "style-transfer", "flow_run_id": run_id})

@@ -414,6 +414,34 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunConte
     return job
 
 
+def style_job(p: Params, style: str, at: Layout = Layout()) -> StyleJob:
+    """The :class:`StyleJob` that :func:`stylize_setup` made for ``style``, rebuilt from params and files
+    alone, with no side effect: for a worker in another process (Prefect on Dask), which receives paths and
+    params, never tensors or the feature extractor. A fast net is loaded from what setup saved."""
+    import torch
+
+    from ganops.models.style import TransformerConfig, TransformerNet, build_vgg
+    from ganops.stylize import list_images, load_image
+
+    sp = p.style
+    if style not in sp.styles:
+        raise StageError(f"unknown style {style!r}; style.styles defines: {', '.join(sp.styles)}")
+    contents = list_images(at.root / sp.content_dir)
+    styles = [
+        (load_image(f, sp.max_side), w) for f, w in _style_files(at.root / sp.style_dir, sp.styles[style])
+    ]
+    vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
+    job = StyleJob(style, contents, styles, vgg)
+    if sp.method == "fast":
+        models = at.style_models / style
+        cfg = json.loads((models / "config.json").read_text())
+        net = TransformerNet(TransformerConfig(**cfg["model"]))
+        net.load_state_dict(torch.load(models / "transformer.pt", map_location="cpu", weights_only=True))
+        net.precision = cfg.get("precision", "fp32")
+        job.net = net.eval()
+    return job
+
+
 def stylize_pair(
     p: Params,
     job: StyleJob,

@@ -1,0 +1,32 @@
+"""stages.style_job: what a Dask worker rebuilds from params and paths equals what stylize_setup made."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from ganops import stages
+from ganops.config import load_params
+from ganops.stylize import fast_stylize, load_image
+from tests.conftest import PARAMS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["style.size=32", "style.steps=3", "style.style_layers={relu1_1: 1.0, relu2_1: 1.0}",
+        "style.method=fast", "style.fast_steps=2", "style.fast_width=4"]  # fmt: skip
+
+
+def test_rebuilt_job_stylises_exactly_like_the_setup_one(tmp_path, isolated_tracking):
+    shutil.copytree(ROOT / "data/paintings", tmp_path / "data/paintings")
+    shutil.copytree(ROOT / "data/photos", tmp_path / "data/photos")
+    p = load_params(PARAMS, TINY)
+    at = stages.Layout(root=tmp_path, tracking_root=tmp_path)
+    made = stages.stylize_setup(p, "shipwreck", at, progress=False)
+    again = stages.style_job(p, "shipwreck", at)
+    assert again.contents == made.contents and again.vgg.name == made.vgg.name
+    assert [w for _, w in again.styles] == [w for _, w in made.styles]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(again.styles, made.styles, strict=True))
+    assert again.net is not None and again.net.precision == made.net.precision
+    img = load_image(made.contents[0], p.style.max_side)
+    assert torch.equal(fast_stylize(again.net, img), fast_stylize(made.net, img))
