@@ -123,3 +123,38 @@ def test_style_loss_weights_default_to_the_extractors_calibration():
         ParamsError, match="style.weights: Input should be 'caffe-q8', 'pretrained' or 'random'"
     ):
         parse_params({"style": {"weights": "imagenet"}})
+
+
+def test_project_params_yaml_carries_the_readme_demo_defaults():
+    # README: the demo runs 2000 steps with hinge loss, R1, minibatch-stddev, EMA and auto conditioning.
+    g = load_params(ROOT / "params.yaml").gan
+    assert g.steps == 2000
+    assert g.loss == "hinge"
+    assert g.r1_gamma > 0
+    assert g.mbstd is True
+    assert g.ema_decay > 0
+    assert g.conditional == "auto"
+
+
+def test_code_defaults_are_the_plain_dcgan_with_every_stabiliser_off():
+    from ganops.config import GanParams
+
+    g = GanParams()
+    assert g.arch == "dcgan"
+    assert g.loss == "bce"
+    assert g.r1_gamma == 0
+    assert g.spectral_norm is False
+    assert g.mbstd is False
+    assert g.ema_decay == 0
+    assert g.diffaugment == []
+    assert g.d_skip_below == 0
+    assert g.d_steps == 1
+    assert g.conditional is False
+    assert g.g_norm == "batch"
+
+
+def test_list_valued_override_gives_a_diffaugment_policy():
+    p = load_params(PARAMS, ["gan.diffaugment=[color,translation]"])
+    assert p.gan.diffaugment == ["color", "translation"]
+    with pytest.raises(ParamsError, match="gan.diffaugment"):
+        load_params(PARAMS, ["gan.diffaugment=[color,blur]"])

@@ -186,3 +186,38 @@ prepare_store(sys.argv[1])
     assert MlflowClient(uri).get_run(run.run_id).data.metrics == {"x": 1.0}
     assert not list(tmp_path.glob("mlflow.db.creating-*"))  # the dead creator's temp file is gone
     mlflow.set_tracking_uri(None)
+
+
+def _plant_lock(client: MlflowClient, name: str, owner: str, since: float) -> None:
+    client.create_registered_model(f"{name}.lock", tags={"owner": owner, "since": repr(since)})
+
+
+def test_a_stale_promotion_lock_is_taken_over(isolated_tracking):
+    from ganops.tracking import registry_lock
+
+    mlflow.set_tracking_uri(isolated_tracking)
+    c = MlflowClient(isolated_tracking)
+    _plant_lock(c, "gen", "dead-host:1", time.time() - 60)
+    with registry_lock("gen", timeout=5, stale_after=1):
+        held = c.get_registered_model("gen.lock")
+        assert held.tags["owner"] != "dead-host:1"  # ours now, not the dead holder's
+    names = {m.name for m in c.search_registered_models()}
+    assert "gen.lock" not in names  # released
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_fresh_promotion_lock_blocks_until_timeout_and_names_its_owner(isolated_tracking):
+    from ganops.tracking import registry_lock
+
+    mlflow.set_tracking_uri(isolated_tracking)
+    c = MlflowClient(isolated_tracking)
+    _plant_lock(c, "gen", "busy-host:42", time.time())
+    t0 = time.monotonic()
+    with (
+        pytest.raises(TrackingError, match="busy-host:42"),
+        registry_lock("gen", timeout=0.5, stale_after=60),
+    ):
+        pytest.fail("acquired a lock somebody else holds")
+    assert time.monotonic() - t0 >= 0.5
+    assert c.get_registered_model("gen.lock").tags["owner"] == "busy-host:42"  # left alone
+    mlflow.set_tracking_uri(None)
