@@ -161,3 +161,18 @@ def test_monitor_scores_like_evaluate_and_flags_collapse(digits):
     x, y = to_float(d.images[idx]), d.labels[idx]
     assert mon(_Replay(x, asked=y))["label_agreement"] > 0.9
     assert mon(_Replay(x, asked=(y + 1) % 10))["label_agreement"] < 0.1
+
+
+def test_evaluate_reports_domain_and_baseline_kid():
+    # README: evaluate reports KID next to FID, for the generator and for the real-vs-real baseline.
+    # A random feature extractor (unlabelled data) keeps this fast; KID is computed in any feature space.
+    d = prepare(DataParams(image_size=16))
+    unl = torch.full_like(d.labels, -1)
+    rnd = train_classifier(d.images, unl, ClassifierParams(), progress=False)
+    perm = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(3))
+    real = evaluate_samples(d.images, unl, to_float(d.images[perm[:300]]), rnd, EvaluateParams())
+    sevens = to_float(d.images[d.labels == 7][:150])
+    bad = evaluate_samples(d.images, unl, sevens, rnd, EvaluateParams())
+    for m in (real, bad):
+        assert math.isfinite(m["domain_kid"]) and math.isfinite(m["baseline_kid"])
+    assert bad["domain_kid"] > real["domain_kid"]  # one digit only is further from the data than real digits
