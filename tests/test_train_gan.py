@@ -372,3 +372,28 @@ def test_bf16_autocast_trains_in_float32_weights_and_resumes_exactly(images, tmp
     # an amp checkpoint does not resume in float32 (other settings), and fp32 settings omit the key
     assert train_gan(images, tiny(steps=4), tmp_path / "split", progress=False).resumed_from == 0
     assert "amp" not in json.loads((tmp_path / "fp32" / "final" / "config.json").read_text())["settings"]
+
+
+def test_a_collapsed_monitor_result_logs_a_warning(images, tmp_path, caplog):
+    # README: the monitor scores the EMA generator every N steps, "a warning on collapse".
+    verdicts = iter([False, True])
+
+    def monitor(G):
+        return {"domain_fid": 1.0, "kl": 2.3, "coverage": 1, "mode_collapse": next(verdicts)}
+
+    with caplog.at_level("WARNING", logger="ganops"):
+        train_gan(images, tiny(steps=4, monitor_every=2), tmp_path, progress=False, monitor=monitor)
+    warned = [r.getMessage() for r in caplog.records if "possible mode collapse" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("step 4:"), warned  # only the collapsed check warns
+
+
+def test_progress_bar_shows_losses_d_outputs_and_throughput(images, tmp_path, capsys):
+    # README: "A progress bar shows losses, D(x), D(G(z)) and img/s" (tqdm writes to stderr).
+    train_gan(images, tiny(steps=3), tmp_path, progress=True)
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "3/3" in last
+    for key in ("loss_d=", "loss_g=", "Dx=", "DGz=", "img_s="):
+        assert key in last, (key, last)
+    train_gan(images, tiny(steps=3, resume=False), tmp_path / "quiet", progress=False)
+    assert "loss_d=" not in capsys.readouterr().err
