@@ -228,3 +228,43 @@ def test_folder_reads_webp_and_tiff_as_the_readme_says(tmp_path):
     assert len(d.images) == 3 and not d.skipped
     means = d.images.float().mean(dim=(2, 3))  # (3, C): file order a.webp, b.tif, c.tiff
     assert means[0, 0] > 250 and means[0, 2] < 5 and means[1, 2] > 250 and means[1, 0] < 5
+
+
+def _wide_picture() -> np.ndarray:
+    """96 x 32: a red left third, a blue right third, and a centre square of 4 vertical 8-px stripes
+    (green, white, green, white). Resize-then-crop keeps exactly the 4 stripes, at 4 px each at 16 px;
+    squashing would keep the red and blue, cropping without a resize would keep only 2 stripes."""
+    a = np.zeros((32, 96, 3), np.uint8)
+    a[:, :32] = (255, 0, 0)
+    a[:, 64:] = (0, 0, 255)
+    for i, colour in enumerate([(0, 255, 0), (255, 255, 255)] * 2):
+        a[:, 32 + 8 * i : 40 + 8 * i] = colour
+    return a
+
+
+@pytest.mark.parametrize("tall", [False, True])
+def test_folder_non_square_is_resized_on_its_shorter_side_and_centre_cropped(tmp_path, tall):
+    a = _wide_picture()
+    if tall:
+        a = a.transpose(1, 0, 2).copy()  # 32 x 96: stripes become horizontal bands
+    _png(tmp_path / "pics" / "x.png", Image.fromarray(a))
+    d = prepare(DataParams(source="folder", root=str(tmp_path / "pics"), image_size=16))
+    assert d.images.shape == (1, 3, 16, 16)
+    img = d.images[0].permute(1, 2, 0).int()  # (16, 16, RGB)
+    if tall:
+        img = img.transpose(0, 1)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    assert not ((r > 128) & (g < 128)).any() and not ((b > 128) & (g < 128)).any()  # no red or blue edge
+    for col, white in (
+        (1, False),
+        (2, False),
+        (5, True),
+        (6, True),
+        (9, False),
+        (10, False),
+        (13, True),
+        (14, True),
+    ):
+        px = img[:, col]
+        assert (px[:, 1] > 240).all(), (col, px)
+        assert ((px[:, 0] > 240) if white else (px[:, 0] < 15)).all(), (col, px)
