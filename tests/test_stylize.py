@@ -120,3 +120,46 @@ def test_pretrained_without_cache_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(StyleWeightsError) as e:
         build_vgg("pretrained", ["relu1_1"], download=False)
     assert "vgg19-dcbb9e9d.pth" in str(e.value) and str(tmp_path / "hub" / "checkpoints") in str(e.value)
+
+
+def test_blend_target_is_the_weighted_sum_of_the_style_grams(vgg):
+    from ganops.stylize import resize_long, style_targets
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(1, 3, 40, 40, generator=g), torch.rand(1, 3, 24, 32, generator=g)
+    layers = list(P.style_layers)
+    blended = style_targets([(a, 3.0), (b, 1.0)], vgg, layers, 32)  # weights normalised: 0.75 / 0.25
+    only_a = style_targets([(a, 1.0)], vgg, layers, 32)
+    with torch.no_grad():
+        fa, fb = vgg(resize_long(a, 32)), vgg(resize_long(b, 32))
+    for n in layers:
+        want = 0.75 * gram(fa[n]) + 0.25 * gram(fb[n])
+        torch.testing.assert_close(blended[n], want)
+        torch.testing.assert_close(only_a[n], gram(fa[n]))
+        assert not torch.allclose(blended[n], only_a[n])  # the second style counts
+
+
+def test_style_scale_sets_the_style_image_size_and_so_the_gram_target(vgg, monkeypatch):
+    import ganops.stylize as stylize
+
+    seen = []
+    original = stylize.style_targets
+
+    def spy(styles, vgg_, layers, long_side):
+        out = original(styles, vgg_, layers, long_side)
+        seen.append((long_side, out))
+        return out
+
+    monkeypatch.setattr(stylize, "style_targets", spy)
+    g = torch.Generator().manual_seed(1)
+    content, style = torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    for scale in (1.0, 0.5):
+        gatys(
+            content,
+            [(style, 1.0)],
+            vgg,
+            P.model_copy(update={"scales": [1.0], "steps": 1, "style_scale": scale}),
+        )
+    (side1, g1), (side2, g2) = seen
+    assert (side1, side2) == (32, 16)
+    assert any(not torch.allclose(g1[n], g2[n]) for n in P.style_layers)
