@@ -7,12 +7,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from mlflow import MlflowClient
 
 from tests.e2e import postgres
 from tests.e2e.project import BIN, project_env, sh, tiny_project
 from tests.e2e.servers import start_server, stop
+from tests.e2e.serving_env import serve
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +74,13 @@ def test_pipeline_promotes_a_champion_on_the_server(tmp_path, server):
     assert any(p.name == "generator.pt" for p in artifacts.rglob("*")), "artifacts not stored by the server"
     run = c.get_run(champ.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "1"
+
+    # and the service finds that champion through the same URI alone
+    with serve(tmp_path, uri) as base:
+        info = httpx.post(base + "/model", json={}, timeout=30).json()
+        assert (info["version"], info["run_id"]) == (int(champ.version), champ.run_id)
+        r = httpx.post(base + "/generate", json={"n": 4, "seed": 1}, timeout=30)
+        assert r.status_code == 200 and r.headers["x-model-version"] == champ.version
 
 
 def test_two_concurrent_trainings_are_both_recorded(tmp_path, server):
