@@ -20,8 +20,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``proc`` died."""
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` died. The timeout is generous: a Prefect
+    server needs ~15 s alone but took over 120 s on a 2-core machine running two other suites at once."""
     deadline = time.time() + timeout
     while True:
         try:
@@ -49,7 +50,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def start_server(
-    launch: Callable[[int], subprocess.Popen], path: str, *, timeout: float = 120, attempts: int = 3
+    launch: Callable[[int], subprocess.Popen], path: str, *, timeout: float = 300, attempts: int = 3
 ) -> tuple[subprocess.Popen, int]:
     """``launch(port)`` on a free loopback port until ``http://127.0.0.1:<port><path>`` answers 200.
 
