@@ -30,6 +30,8 @@ TINY = {
             "checkpoint_every": 3, "log_every": 2, "n_samples": 16, "monitor_every": 0},
     "classifier": {"epochs": 1},
     "evaluate": {"kid_subset_size": 20, "n_samples": 200},
+    # an experiment reproduces the whole pipeline, style stages included: keep them tiny too
+    "style": {"size": 32, "steps": 3, "style_layers": {"relu1_1": 1.0, "relu2_1": 1.0}},
 }  # fmt: skip
 GAN_STAGES = ["prepare", "classifier", "train_gan", "evaluate", "promote"]
 
