@@ -35,7 +35,10 @@ def _project(tmp_path: Path) -> Path:
 
 
 def _make(cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-f", "Makefile", *args], cwd=cwd, input=stdin,
+    # Run as a top-level make even when the suite itself runs under `make test` (CI): a sub-make
+    # inherits MAKELEVEL/MAKEFLAGS and prints "Entering directory" lines around its output.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "-f", "Makefile", *args], cwd=cwd, input=stdin, env=env,
                           capture_output=True, text=True, timeout=30)  # fmt: skip
 
 
