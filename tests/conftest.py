@@ -8,8 +8,10 @@ built once), to show that no test depends on another having run first.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_header(config: pytest.Config) -> str | None:
     seed = config.getoption("--shuffle")
     return f"shuffled order: --shuffle {seed}" if seed is not None else None
+
+
+class NetworkBlocked(OSError):
+    """A test tried to reach a host other than this machine's loopback."""
+
+
+def _loopback(address: object) -> bool:
+    host = address[0] if isinstance(address, tuple) else address
+    if not isinstance(host, str):
+        return True  # AF_UNIX paths (bytes/str without a tuple) are local
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: would need DNS and the network
+
+
+@pytest.fixture(autouse=True, scope="session")
+def offline_guard():
+    """Every in-process connection goes to 127.0.0.1/::1 or a Unix socket; anything else fails at once with
+    NetworkBlocked, so "works offline" is checked by every test that runs in-process (subprocesses such as
+    `dvc`, `bentoml serve` and servers are not covered by this guard)."""
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address: object) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address):
+            raise NetworkBlocked(f"test tried to reach {address!r}: tests run offline")
+
+    def connect(self: socket.socket, address: object) -> None:
+        check(self, address)
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: object) -> int:
+        check(self, address)
+        return real_connect_ex(self, address)
+
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex = real_connect, real_connect_ex  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -83,3 +83,102 @@ def test_test_unit_runs_pytest_without_the_e2e_tier(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert lines == ['.venv/bin/python -m pytest -q -m "not e2e"'], lines
+
+
+def _installed(d: Path) -> Path:
+    """A project whose install stamp is newer than pyproject.toml (nothing re-installs); returns .venv/bin."""
+    (d / "pyproject.toml").write_text("")
+    os.utime(d / "pyproject.toml", (1_000_000, 1_000_000))
+    bin_ = d / ".venv/bin"
+    bin_.mkdir(parents=True, exist_ok=True)
+    (d / ".venv/.installed").write_text("")
+    return bin_
+
+
+def _recording(bin_: Path, name: str, log: Path, rc: int = 0) -> None:
+    """An executable `name` in .venv/bin that appends its command line to `log` and exits with `rc`: it
+    shows which commands a make target runs, in which order, and that make stops at the first failure."""
+    exe = bin_ / name
+    exe.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\nexit {rc}\n')
+    exe.chmod(0o755)
+
+
+def _calls(log: Path) -> list[str]:
+    return [ln.rstrip() for ln in log.read_text().splitlines()]
+
+
+def test_demo_runs_dvc_repro_then_the_summary_and_stops_if_the_pipeline_fails(tmp_path):
+    d = _project(tmp_path)
+    bin_, log = _installed(d), tmp_path / "calls.log"
+    _recording(bin_, "dvc", log)
+    _recording(bin_, "ganops", log)
+    r = _make(d, "demo")
+    assert r.returncode == 0, r.stderr
+    assert _calls(log) == ["dvc repro", "ganops summary"]
+
+    log.unlink()
+    _recording(bin_, "dvc", log, rc=1)
+    assert _make(d, "demo").returncode != 0
+    assert _calls(log) == ["dvc repro"]  # no summary of a failed pipeline
+
+
+def test_serve_checks_the_champion_first_then_serves_on_loopback_at_port(tmp_path):
+    d = _project(tmp_path)
+    bin_, log = _installed(d), tmp_path / "calls.log"
+    _recording(bin_, "ganops", log)
+    _recording(bin_, "bentoml", log)
+    assert _make(d, "serve", "PORT=3999").returncode == 0
+    assert _calls(log) == [
+        "ganops champion",
+        "bentoml serve serving.service:GanService --host 127.0.0.1 --port 3999",
+    ]
+    log.unlink()
+    _recording(bin_, "ganops", log, rc=1)  # no champion: `ganops champion` says what to run, nothing serves
+    assert _make(d, "serve").returncode != 0
+    assert _calls(log) == ["ganops champion"]
+
+
+def test_lint_runs_ruff_and_mypy_and_test_runs_pytest_only_after_lint(tmp_path):
+    d = _project(tmp_path)
+    bin_, log = _installed(d), tmp_path / "calls.log"
+    for name in ("ruff", "mypy"):
+        _recording(bin_, name, log)
+    assert _make(d, "lint").returncode == 0
+    assert _calls(log) == [
+        "ruff check src tests bench flows serving",
+        "ruff format --check src tests bench flows serving",
+        "mypy",
+    ]
+    log.unlink()
+    _recording(bin_, "ruff", log, rc=1)
+    assert _make(d, "lint").returncode != 0
+    assert _calls(log) == ["ruff check src tests bench flows serving"]
+
+    # `test` = lint, the optional system packages, then the whole suite (printed only: the browser and
+    # postgres targets would install Debian packages as root).
+    r = _make(d, "-n", "test")
+    assert r.returncode == 0, r.stderr
+    cmds = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
+    assert cmds.index(".venv/bin/mypy") < cmds.index(".venv/bin/python -m pytest -q") == len(cmds) - 1
+
+
+def test_clean_flow_runs_keeps_the_20_newest_workspaces(tmp_path):
+    # The real `ganops gc` of this environment, through the make target.
+    import json
+    import sys
+    import time
+
+    d = _project(tmp_path)
+    bin_ = _installed(d)
+    (bin_ / "ganops").symlink_to(Path(sys.executable).parent / "ganops")
+    runs = d / ".ganops/flow-runs"
+    now = time.time()
+    for i in range(23):
+        ws = runs / f"run-{i:02d}"
+        ws.mkdir(parents=True)
+        (ws / "DONE.json").write_text(json.dumps({"flow_run_id": ws.name}))
+        os.utime(ws / "DONE.json", (now - 1000 + i, now - 1000 + i))
+        os.utime(ws, (now - 1000 + i, now - 1000 + i))
+    r = _make(d, "clean-flow-runs")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in runs.iterdir()) == [f"run-{i:02d}" for i in range(3, 23)]
