@@ -60,18 +60,22 @@ def _load_style(model: str, version: int) -> torch.nn.Module:
     return net.eval()
 
 
+class NoChampion(LookupError):
+    """The registry has no ``name@alias`` to serve (a setup problem: nothing to retry until the pipeline ran)."""
+
+
 class Follower:
     """Loads ``name@alias`` (+ every ``ganops-style-*@alias``) at start and follows the aliases."""
 
     def __init__(self, name: str, alias: str, poll_s: float) -> None:
-        from ganops.tracking import TrackingError, champion, use_store
+        from ganops.tracking import champion, use_store
 
         use_store()
         self.name, self.alias, self.poll_s = name, alias, poll_s
         self._lock = threading.Lock()  # one refresh at a time (poll thread vs POST /reload)
         facts = champion(name, alias)
         if facts is None:
-            raise TrackingError(
+            raise NoChampion(
                 f"no model {name}@{alias} in the MLflow store: run the pipeline (`dvc repro` or `make demo`) "
                 "so that `ganops promote` registers and promotes a generator"
             )

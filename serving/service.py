@@ -15,8 +15,10 @@ GANOPS_ALLOWED_ORIGINS, GANOPS_MAX_BATCH, GANOPS_TORCH_THREADS, GANOPS_ACCESS_LO
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import signal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from serving import images
 from serving.batcher import Batcher
-from serving.champion import STYLE_PREFIX, Follower
+from serving.champion import STYLE_PREFIX, Follower, NoChampion
 from serving.gallery import app as gallery_app
 from serving.guard import Guard
 
@@ -63,6 +65,19 @@ def _served_version() -> Any:
     return _follower.current.version if _follower is not None else ""
 
 
+def _refuse_to_start(err: NoChampion) -> None:
+    """No champion: say what to run and stop the whole server. Left alone, BentoML would restart this worker
+    every few seconds, forever, and the service would never become ready; a missing champion does not
+    fix itself, so the `bentoml serve` process (this worker's parent) is asked to shut down."""
+    import psutil
+
+    logging.getLogger("ganops.serving").error("cannot start: %s", err)
+    parent = psutil.Process(os.getppid())
+    if any("bentoml" in part for part in parent.cmdline()):
+        parent.send_signal(signal.SIGTERM)
+    raise SystemExit(f"ganops: {err}")
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -78,7 +93,10 @@ class GanService:
 
     def __init__(self) -> None:
         global _follower
-        self.follower = _follower = Follower(MODEL_NAME, MODEL_ALIAS, POLL_S)
+        try:
+            self.follower = _follower = Follower(MODEL_NAME, MODEL_ALIAS, POLL_S)
+        except NoChampion as err:
+            _refuse_to_start(err)
         self.batcher = Batcher(MAX_BATCH, on_batch=_batch_sizes.observe)
 
     @bentoml.api(route="/generate")

@@ -1,11 +1,17 @@
 """Service settings and an unconditional champion: GANOPS_MODEL_NAME / GANOPS_MODEL_ALIAS pick what is served;
-`label` on an unconditional generator is a 400; `/stylize` with no registered fast net is a 404."""
+`label` on an unconditional generator is a 400; `/stylize` with no registered fast net is a 404; the size
+limits and the batch cap come from the environment; a deleted alias keeps the service serving; no champion
+at start stops the server with what to run."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,7 +21,11 @@ from ganops.config import DataParams, GanParams, parse_params
 from ganops.data import manifest, prepare
 from ganops.tracking import RunContext, register_generator, set_alias, start_run
 from ganops.train_gan import train_gan
-from tests.e2e.serving_env import serve
+from tests.e2e.servers import free_port, stop
+from tests.e2e.serving_env import ROOT, serve
+
+LIMITS = {"GANOPS_MAX_BODY_BYTES": "300", "GANOPS_MAX_UPLOAD_BYTES": "3000", "GANOPS_MAX_BATCH": "4",
+          "GANOPS_ACCESS_LOG": "1"}  # fmt: skip
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +47,8 @@ def plain():
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     try:
-        with serve(tmp, uri, GANOPS_MODEL_NAME="my-gen", GANOPS_MODEL_ALIAS="prod") as base:
-            yield base, facts
+        with serve(tmp, uri, GANOPS_MODEL_NAME="my-gen", GANOPS_MODEL_ALIAS="prod", **LIMITS) as base:
+            yield base, facts | {"tmp": tmp, "uri": uri}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -67,11 +77,87 @@ def test_stylize_without_any_registered_fast_net_is_a_404(plain):
     assert r.status_code == 404 and "no style nets registered" in r.text
 
 
-def _png() -> bytes:
+def _png(size: int = 32, noise: bool = False) -> bytes:
     import io
 
+    import numpy as np
     from PIL import Image
 
+    img = Image.new("RGB", (size, size), (1, 2, 3))
+    if noise:  # incompressible: the file is about 3 bytes per pixel
+        img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
     buf = io.BytesIO()
-    Image.new("RGB", (32, 32), (1, 2, 3)).save(buf, format="PNG")
+    img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_size_limits_come_from_the_environment(plain):
+    base, _ = plain
+    small = b'{"n": 2, "seed": 1}'
+    assert httpx.post(base + "/generate", content=small, headers={"content-type": "application/json"},
+                      timeout=30).status_code == 200  # fmt: skip
+    padded = small[:-1] + b" " * 400 + b"}"  # valid JSON, 420 bytes > GANOPS_MAX_BODY_BYTES=300
+    r = httpx.post(
+        base + "/generate", content=padded, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert r.status_code == 413, r.text
+    noisy = _png(size=64, noise=True)  # > GANOPS_MAX_UPLOAD_BYTES=3000 (the default allows 8 MiB)
+    assert len(noisy) > 3000
+    r = httpx.post(base + "/stylize", files={"image": ("p.png", noisy, "image/png")}, data={"style": "x"},
+                   timeout=30)  # fmt: skip
+    assert r.status_code == 413, r.text
+
+
+def test_batches_never_exceed_max_batch_and_requests_are_logged(plain):
+    base, facts = plain
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda s: httpx.post(base + "/generate", json={"n": 1, "seed": s}, timeout=60)
+                              .status_code, range(48)))  # fmt: skip
+    assert codes == [200] * 48
+    metrics = httpx.get(base + "/metrics", timeout=10).text
+    hist = {}
+    for line in metrics.splitlines():
+        m = re.match(r"ganops_forward_batch_images_(count|sum|bucket)(\{[^}]*\})? (\S+)$", line)
+        if m:
+            le = re.search(r'le="([^"]+)"', m[2] or "")
+            hist["le" + le[1] if le else m[1]] = float(m[3])
+    assert hist["sum"] >= 48
+    assert hist["le4.0"] == hist["count"], hist  # every forward pass took at most GANOPS_MAX_BATCH=4 images
+    assert hist["count"] * 4 >= hist["sum"]
+    log = (facts["tmp"] / "serve.log").read_text()
+    assert len(re.findall(r"path=/generate\b", log)) >= 48  # GANOPS_ACCESS_LOG=1: one line per request
+
+
+def test_a_deleted_alias_keeps_the_service_serving_with_a_warning(plain):
+    base, facts = plain
+    os.environ["MLFLOW_TRACKING_URI"] = facts["uri"]
+    try:
+        from mlflow import MlflowClient
+
+        MlflowClient().delete_registered_model_alias("my-gen", "prod")
+        r = httpx.post(base + "/reload", json={}, timeout=60)
+        assert r.status_code == 200 and r.json() == {"switched": False, "version": facts["version"]}
+        g = httpx.post(base + "/generate", json={"n": 2, "seed": 1}, timeout=30)
+        assert g.status_code == 200 and g.headers["x-model-version"] == str(facts["version"])
+        assert (
+            "my-gen@prod is gone from the registry; still serving" in (facts["tmp"] / "serve.log").read_text()
+        )
+    finally:
+        set_alias("my-gen", "prod", facts["version"])  # the other tests of this module serve @prod
+        del os.environ["MLFLOW_TRACKING_URI"]
+
+
+def test_no_champion_at_start_stops_the_server_saying_what_to_run(tmp_path):
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "BENTOML_DO_NOT_TRACK": "true",
+                        "BENTOML_HOME": str(tmp_path / "bentoml"),
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(["bentoml", "serve", "serving.service:GanService", "--host", "127.0.0.1",
+                                 "--port", str(free_port())], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            proc.wait(timeout=240)  # BentoML alone would restart the worker forever
+        finally:
+            stop(proc)
+    text = (tmp_path / "serve.log").read_text()
+    assert "cannot start: no model ganops-generator@champion" in text and "`dvc repro` or `make demo`" in text
