@@ -182,3 +182,22 @@ def test_clean_flow_runs_keeps_the_20_newest_workspaces(tmp_path):
     r = _make(d, "clean-flow-runs")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in runs.iterdir()) == [f"run-{i:02d}" for i in range(3, 23)]
+
+
+def test_prefect_targets_run_the_commands_the_readme_gives(tmp_path):
+    d = _project(tmp_path)
+    bin_, log = _installed(d), tmp_path / "calls.log"
+    _recording(bin_, "prefect", log)
+    exe = bin_ / "prefect"  # also record where each command sends Prefect's API calls
+    exe.write_text(
+        exe.read_text().replace("prefect $*", "prefect $* [$PREFECT_API_URL$PREFECT_SERVER_UI_API_URL]")
+    )
+    assert _make(d, "prefect-server").returncode == 0
+    assert _make(d, "train-flow", 'OVERRIDES=["gan.steps=500"]', "DATA_REV=v1").returncode == 0
+    assert _make(d, "style-flow", "PREFECT_PORT=4300").returncode == 0
+    assert _calls(log) == [
+        "prefect server start --host 127.0.0.1 --port 4200 [http://127.0.0.1:4200/api]",
+        'prefect deployment run train-gan/local --param overrides=["gan.steps=500"] --param data_rev=v1 --watch'
+        " [http://127.0.0.1:4200/api]",
+        "prefect deployment run style-transfer/local --param overrides=[] --watch [http://127.0.0.1:4300/api]",
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,10 +14,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from ganops import workspaces
 from ganops.data import load_prepared
 from tests.e2e.project import new_project, project_env, sh
 from tests.e2e.servers import start_server, stop
@@ -101,13 +104,23 @@ def _flow_run_id(r: subprocess.CompletedProcess) -> str:
     return m.group(1)
 
 
-def _mlflow_run(d: Path, flow_run_id: str):
-    """The one training run (experiment `ganops`) that the flow run ``flow_run_id`` logged."""
+def _mlflow_run(d: Path, flow_run_id: str, experiment: str = "ganops"):
+    """The one training run (in ``experiment``) that the flow run ``flow_run_id`` logged."""
     c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("ganops")
+    exp = c.get_experiment_by_name(experiment)
     runs = c.search_runs([exp.experiment_id], f"tags.prefect_flow_run_id = '{flow_run_id}'")
     assert len(runs) == 1, [r.info.run_id for r in runs]
     return c, runs[0]
+
+
+def _artifact(env: dict, key: str, flow_run_id: str) -> str:
+    """The markdown of the artifact ``key`` that the flow run ``flow_run_id`` created, from Prefect's API."""
+    r = httpx.post(env["PREFECT_API_URL"] + "/artifacts/filter", timeout=30,
+                   json={"artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [flow_run_id]}}})  # fmt: skip
+    r.raise_for_status()
+    found = r.json()
+    assert len(found) == 1, found
+    return found[0]["data"]
 
 
 def test_deployment_run_trains_logs_and_promotes(project):
@@ -124,16 +137,27 @@ def test_deployment_run_trains_logs_and_promotes(project):
     assert (
         d / ".ganops/flow-runs" / run.data.tags["prefect_flow_run_id"] / "models/gan/final/samples.png"
     ).is_file()
-    report = sh(["prefect", "artifact", "inspect", "train-gan-report"], d, env | {"COLUMNS": "250"}).stdout
+    report = _artifact(env, "train-gan-report", run.data.tags["prefect_flow_run_id"])
     assert "Promotion" in report and run.info.run_id in report  # the markdown report, linking the MLflow run
+    assert f".ganops/flow-runs/{run.data.tags['prefect_flow_run_id']}/" in report  # ... and the workspace
 
 
 def test_older_data_rev_trains_on_that_version(project):
+    # Also: the `experiment` parameter, and retention (keep_runs=1 removes older workspaces, not a held one).
     d, env, _ = project
-    r = _run(d, env, f"overrides={json.dumps(TINY)}", "data_rev=v1")
+    runs_dir = d / ".ganops/flow-runs"
+    old, busy = runs_dir / "old-finished-run", runs_dir / "old-running-run"
+    for ws in (old, busy):
+        ws.mkdir(parents=True, exist_ok=True)
+        os.utime(ws, (time.time() - 3600, time.time() - 3600))
+    with workspaces.hold(busy):  # a flow run still working in its workspace
+        r = _run(
+            d, env, f"overrides={json.dumps(TINY)}", "data_rev=v1", "experiment=ganops-rev", "keep_runs=1"
+        )
     assert r.returncode == 0, r.stdout + r.stderr
     flow_run_id = _flow_run_id(r)
-    _, run = _mlflow_run(d, flow_run_id)
+    assert sorted(p.name for p in runs_dir.iterdir()) == sorted([flow_run_id, busy.name])
+    _, run = _mlflow_run(d, flow_run_id, experiment="ganops-rev")
     images, _, man = load_prepared(d / ".ganops/flow-runs" / flow_run_id / "data/prepared")
     # v1 held 20 pictures with a dark red channel (20); the working tree (v2) holds 24 with a bright one (230)
     assert man["count"] == 20 and man["content_hash"] == run.data.tags["dataset_hash"]
@@ -176,6 +200,8 @@ def test_two_style_flows_and_a_dvc_repro_at_once_do_not_collide(project):
         ]
         for o in done["outputs"]:  # complete files: what was published is what is there
             assert hashlib.sha256((work / o["path"]).read_bytes()).hexdigest() == o["sha256"]
+        report = _artifact(env, "style-transfer-report", flow_run_id)
+        assert all(name in report for name in styles + ("china", "flower", f"`{work}`")), report
         pairs = c.search_runs([exp], f"tags.prefect_flow_run_id = '{flow_run_id}'")
         assert len(pairs) == 6 and all(p.data.tags["entry_point"] == "prefect" for p in pairs)
     status = sh(["dvc", "status", "stylize_sheet"], d, env).stdout
