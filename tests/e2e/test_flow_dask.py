@@ -1,6 +1,7 @@
-"""Prefect on Dask for real: `style-transfer/local` run with `dask_workers=2` fans its pairs out on a Dask
-LocalCluster of two worker processes (prefect-dask's DaskTaskRunner), against `prefect server start` on a
-free loopback port and `python -m flows.serve`, in a temp git + DVC project."""
+"""Prefect on Dask for real: `style-transfer/local` fans its pairs out through prefect-dask's DaskTaskRunner,
+either on a LocalCluster of two worker processes (`dask_workers=2`) or on a running scheduler with two
+workers started as a user would (`dask scheduler`, `dask worker`; `dask_address=tcp://...`), against
+`prefect server start` on a free loopback port and `python -m flows.serve`, in a temp git + DVC project."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.e2e.project import new_project, project_env, sh
-from tests.e2e.servers import start_server, stop
+from tests.e2e.servers import free_port, start_server, stop
 from tests.e2e.test_flows import STYLE_TINY
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +23,26 @@ STYLES = ("shipwreck", "starry_night", "the_scream")
 PHOTOS = ("china", "flower")
 
 
-def test_style_transfer_on_a_dask_local_cluster(tmp_path):
+def _scheduler(d, env: dict, home):  # noqa: ANN001, ANN202 - (address, [processes])
+    """`dask scheduler` on a free loopback port and `dask worker` with two one-thread processes, started in
+    the project (workers import `flows` from there and report to the same Prefect API)."""
+    port = free_port()
+    log = open(home / "dask.log", "w")  # noqa: SIM115 - closed with the processes
+    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)]  # fmt: skip
+    address = f"tcp://127.0.0.1:{port}"
+    procs.append(subprocess.Popen(["dask", "worker", address, "--nworkers", "2", "--nthreads", "1",
+                                   "--no-dashboard", "--host", "127.0.0.1"], cwd=d,
+                                  env=env | {"PYTHONPATH": str(d)}, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+    from distributed import Client
+
+    with Client(address, timeout=120) as client:  # wait for both workers to join
+        client.wait_for_workers(2, timeout=240)
+    return address, procs
+
+
+@pytest.mark.parametrize("where", ["local_cluster", "scheduler_address"])
+def test_style_transfer_on_dask(tmp_path, where):
     d = tmp_path / "proj"
     d.mkdir()
     home = tmp_path / "home"
@@ -41,21 +61,26 @@ def test_style_transfer_on_a_dask_local_cluster(tmp_path):
                                     stdout=slog, stderr=subprocess.STDOUT)  # fmt: skip
 
         server, port = start_server(launch, "/api/health")
-        served = None
+        served, dask = None, []
         try:
             env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
             served = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=d, env=env, stdout=flog,
                                       stderr=subprocess.STDOUT)  # fmt: skip
+            if where == "local_cluster":
+                fan_out = "dask_workers=2"
+            else:
+                address, dask = _scheduler(d, env, home)
+                fan_out = f"dask_address={address}"
             cmd = ["prefect", "deployment", "run", "style-transfer/local", "--param", f"overrides={json.dumps(STYLE_TINY)}",
-                   "--param", "dask_workers=2", "--watch", "--watch-timeout", "500"]  # fmt: skip
+                   "--param", fan_out, "--watch", "--watch-timeout", "500"]  # fmt: skip
             for _ in range(60):  # the deployment appears a moment after flows.serve starts
                 r = sh(cmd, d, env, check=False)
                 if "not found" not in (r.stdout + r.stderr).lower():
                     break
             assert r.returncode == 0, r.stdout + r.stderr + (home / "serve.log").read_text()[-4000:]
         finally:
-            if served is not None:
-                stop(served)
+            for proc in [*reversed(dask), *([served] if served is not None else [])]:
+                stop(proc)
             stop(server)
 
     m = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout)
@@ -70,7 +95,7 @@ def test_style_transfer_on_a_dask_local_cluster(tmp_path):
     for o in done["outputs"]:
         assert hashlib.sha256((work / o["path"]).read_bytes()).hexdigest() == o["sha256"]
     # every pair ran in a Dask worker process, and both workers took some
-    log = (home / "serve.log").read_text()
+    log = "".join((home / f).read_text() for f in ("serve.log", "dask.log") if (home / f).exists())
     workers = re.findall(r" x \S+ on Dask worker (tcp://127\.0\.0\.1:\d+)", log)
     assert len(workers) == len(STYLES) * len(PHOTOS) and len(set(workers)) == 2, log[-4000:]
     c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
