@@ -1,5 +1,5 @@
 """The `train-gan` flow's training task dies mid-run; Prefect's retry resumes it, exactly. Its promote
-task's first attempt fails; the retry registers one version and moves the alias.
+task's first attempt fails; the retry registers one version and records its decision.
 
 Runs the flow in-process against a real Prefect server (``prefect_test_harness``). The crash is a real
 exception out of the training loop at step 8 (after the step-8 checkpoint), on the first attempt only.
@@ -64,7 +64,7 @@ def test_training_task_retry_resumes_the_unfinished_run_exactly(harness, tmp_pat
     monkeypatch.setattr(stages, "promote", registry_fails_once)
     result = flow_module.train_gan_flow(overrides=TINY)
     assert len(calls) == 2 and calls[0] == calls[1]  # Prefect retried the task with the same context
-    assert len(promotions) == 2 and result["promoted"]  # ... and the promote task, which then landed
+    assert len(promotions) == 2  # ... and the promote task, whose retry then landed (asserted below)
 
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name("ganops").experiment_id])
@@ -72,8 +72,11 @@ def test_training_task_retry_resumes_the_unfinished_run_exactly(harness, tmp_pat
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.metrics["resumed_from_step"] == 8
     assert run.data.tags["prefect_flow_run_id"] == calls[0].flow_run_id and calls[0].entry_point == "prefect"
-    champion = c.get_model_version_by_alias("ganops-generator", "champion")
-    assert champion.run_id == run.info.run_id and len(c.search_model_versions("name='ganops-generator'")) == 1
+    # one version registered, not two; a subset (data.limit) never takes over, so the decision is recorded
+    # and the alias stays unset
+    versions = c.search_model_versions("name='ganops-generator'")
+    assert [v.run_id for v in versions] == [run.info.run_id] and not result["promoted"]
+    assert "subset" in run.data.tags["promote_reason"]
 
     # the oracle: the same training, uninterrupted, outside Prefect
     p = load_params(tmp_path / "params.yaml", TINY)
