@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
-import numpy as np
 import torch
 from bentoml.validators import ContentType
 from pydantic import Field, StrictInt
 from starlette.responses import JSONResponse, Response
 
+from ganops.images import to_tensor, to_uint8
 from serving import images
 from serving.batcher import Batcher
 from serving.champion import STYLE_PREFIX, Follower, NoChampion
@@ -183,10 +183,10 @@ class GanService:
             img = images.open_upload(image, max_pixels=MAX_PIXELS, min_side=MIN_SIDE, max_side=STYLE_MAX_SIDE)
         except images.UploadError as err:
             return _error(err.status, str(err))  # type: ignore[return-value]
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        x = to_tensor(img)  # (1, 3, H, W) in [0, 1]
         with torch.inference_mode():
             y = m.styles[style](x)[0]  # (3, H, W) in [0, 1]
-        out = images.png((y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        out = images.png(to_uint8(y))
         version = m.style_versions[
             STYLE_PREFIX + style
         ]  # X-Model-Version (the champion's) comes from the guard

@@ -12,7 +12,7 @@ from ganops.evaluate import (
     asked_classes,
     class_stats,
     evaluate_samples,
-    frechet,
+    fid_kid,
     generate,
     inception_fid,
     noise,
@@ -108,22 +108,17 @@ def test_inception_fid_without_cached_weights_names_the_file(tmp_path, monkeypat
     assert str(tmp_path / "hub" / "checkpoints") in str(e.value)
 
 
-def test_frechet_known_values_and_agreement_with_torchmetrics(digits):
-    one, four = torch.eye(1), 4 * torch.eye(1)
-    # N(0, 1) vs N(1, 4): (0-1)^2 + 1 + 4 - 2*sqrt(1*4) = 2
-    assert frechet(torch.zeros(1), one, torch.ones(1), four) == pytest.approx(2.0)
-    assert frechet(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(3)) == pytest.approx(0.0, abs=1e-9)
+def test_monitor_fid_is_the_evaluate_stage_fid(digits):
+    # One Fréchet distance: the monitor's domain_fid is fid_kid's (torchmetrics') on the same images, and
+    # its real statistics survive between calls.
     d, clf = digits
-    ext = FeatureExtractor(clf.net)
-    a, b = to_float(d.images[:600]), to_float(d.images[600:1200])
-    fa, fb = ext(a).double(), ext(b).double()
-    ours = frechet(fa.mean(0), torch.cov(fa.T), fb.mean(0), torch.cov(fb.T))
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    fid = FrechetInceptionDistance(feature=ext)
-    fid.update(a, real=True)
-    fid.update(b, real=False)
-    assert ours == pytest.approx(float(fid.compute()), rel=1e-3)
+    p = EvaluateParams()
+    real, fake = d.images[:600], to_float(d.images[600:1000])
+    mon = Monitor(real, d.labels[:600], clf, p, n=400, seed=1)
+    want = fid_kid(FeatureExtractor(clf.net), to_float(real), fake, p.kid_subset_size, p.batch_size)["fid"]
+    assert mon(_Replay(fake))["domain_fid"] == want
+    assert mon(_Replay(fake))["domain_fid"] == want
+    assert fid_kid(FeatureExtractor(clf.net), fake, fake, 100, 64)["fid"] == pytest.approx(0.0, abs=1e-6)
 
 
 class _Replay(torch.nn.Module):

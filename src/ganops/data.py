@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 import tempfile
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ganops.checkpoint import atomic_write, remove_stale_temps
 from ganops.config import DataParams
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
-# Transparent pixels are composited over this colour so RGBA / LA / palette images convert the same way
-# every time (white: the usual background of icons, product shots and scans).
-BACKGROUND = (255, 255, 255)
+from ganops.images import IMAGE_SUFFIXES, ImageError, open_image
 
 
 class DataError(RuntimeError):
@@ -177,47 +172,13 @@ def load_cifar10_source(p: DataParams) -> Prepared:
     return Prepared(x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes), "cifar10")
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Deterministic conversion of any PIL mode to ``L`` (1 channel) or ``RGB`` (3)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit (and 32-bit integer) grey: map 0..65535 onto 0..255.
-        a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        img = Image.alpha_composite(bg, rgba)
-    return img.convert("L" if channels == 1 else "RGB")
-
-
 def _read_one(path: Path, p: DataParams, channels: int) -> np.ndarray:
-    """Decode one file to (S, S, C) uint8, or raise ValueError with the reason it is skipped."""
-    if path.stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as f:
-                f.seek(0)  # animated GIF / WebP / multi-page TIFF: the first frame
-                # JPEG: let the decoder shrink huge photos on the fly (never below 2x the target).
-                f.draft("RGB", (p.image_size * 2, p.image_size * 2))
-                f.load()  # decode now, so truncated files fail here
-                img = ImageOps.exif_transpose(f)
-                w, h = img.size
-                if min(w, h) < p.min_side:
-                    raise ValueError(f"too small ({w}x{h}; data.min_side is {p.min_side})")
-                img = _to_mode(img, channels)
-    except UnidentifiedImageError:
-        raise ValueError("not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError("too large to decode safely (decompression-bomb limit)") from None
-    except (OSError, SyntaxError, EOFError) as err:
-        raise ValueError(f"corrupt or truncated image ({err})") from None
+    """Decode one file to (S, S, C) uint8, or raise ImageError with the reason it is skipped."""
+    # JPEG: let the decoder shrink huge photos on the fly (never below 2x the target).
+    img = open_image(path, channels=channels, draft=p.image_size * 2)
+    w, h = img.size
+    if min(w, h) < p.min_side:
+        raise ImageError("small", f"too small ({w}x{h}; data.min_side is {p.min_side})")
     img = ImageOps.fit(img, (p.image_size, p.image_size), Image.Resampling.LANCZOS)
     a = np.asarray(img, dtype=np.uint8)
     return a[:, :, None] if a.ndim == 2 else a
@@ -247,7 +208,7 @@ def load_folder_source(p: DataParams) -> Prepared:
         rel = f.relative_to(root)
         try:
             images.append(_read_one(f, p, channels))
-        except ValueError as why:
+        except ImageError as why:
             skipped.append({"file": rel.as_posix(), "reason": str(why)})
             continue
         names.append((rel.parts[0] if len(rel.parts) > 1 else root.name) if nested else "")

@@ -92,11 +92,17 @@ def collapsed(stats: dict[str, Any], n_classes: int, p: EvaluateParams) -> bool:
     return bool(stats["coverage"] < n_classes or stats["kl"] > p.kl_threshold)
 
 
+def frechet_distance(extractor: torch.nn.Module, keep_real: bool = False) -> FrechetInceptionDistance:
+    """The one Fréchet distance (torchmetrics' FID) in ``extractor``'s feature space, for the evaluate stage
+    and the training monitor alike. ``keep_real``: ``reset()`` keeps the real statistics (update them once)."""
+    return FrechetInceptionDistance(feature=extractor, reset_real_features=not keep_real)
+
+
 def fid_kid(
     extractor: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch_size: int
 ) -> dict[str, float]:
     """FID and KID (mean, std) between two image sets, both (N, C, S, S) float in [-1, 1]."""
-    fid = FrechetInceptionDistance(feature=extractor, reset_real_features=True)
+    fid = frechet_distance(extractor)
     with warnings.catch_warnings():  # "KID keeps all features in memory": intended, sample sets are small
         warnings.simplefilter("ignore", UserWarning)
         size = min(kid_subset, len(real), len(fake))
@@ -165,17 +171,6 @@ def evaluate_samples(
     return m
 
 
-def frechet(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians (mean, covariance), as FID: |mu1-mu2|^2 + tr(s1 + s2 - 2 (s1 s2)^1/2)."""
-    eig = torch.linalg.eigvals(s1.double() @ s2.double()).sqrt().real.sum()
-    return float((mu1 - mu2).double().pow(2).sum() + s1.double().trace() + s2.double().trace() - 2 * eig)
-
-
-def _gauss(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    f = f.double()
-    return f.mean(0), torch.cov(f.T)
-
-
 class Monitor:
     """A cheap quality check to run during training: ``n`` samples, scored like ``evaluate`` does.
 
@@ -189,18 +184,21 @@ class Monitor:
     def __init__(self, real: torch.Tensor, labels: torch.Tensor, clf: Classifier, p: EvaluateParams, *,
                  n: int = 500, seed: int = 0, device: str | torch.device = "cpu"):  # fmt: skip
         self.clf, self.p, self.n, self.seed, self.device = clf, p, n, seed, device
-        self.ext = FeatureExtractor(clf.net)
+        # the evaluate stage's FID: real features summed once, fake ones afresh at every call
+        self.fid = frechet_distance(FeatureExtractor(clf.net), keep_real=True)
         with torch.no_grad():
-            feats = torch.cat([self.ext(to_float(c)) for c in real.split(p.batch_size)])
-        self.mu, self.sigma = _gauss(feats)
+            for c in real.split(p.batch_size):
+                self.fid.update(to_float(c), real=True)
         K = clf.net.cfg.n_classes
         self.real_hist = torch.bincount(labels[labels >= 0], minlength=K) if clf.trained else None
 
     @torch.no_grad()
     def __call__(self, G: torch.nn.Module) -> dict[str, Any]:
         fake = generate(G, self.n, seed=self.seed, batch_size=self.p.batch_size, device=self.device)  # type: ignore[arg-type]
-        mu, sigma = _gauss(torch.cat([self.ext(c) for c in fake.split(self.p.batch_size)]))
-        m: dict[str, Any] = {"domain_fid": frechet(self.mu, self.sigma, mu, sigma)}
+        self.fid.reset()
+        for c in fake.split(self.p.batch_size):
+            self.fid.update(c, real=False)
+        m: dict[str, Any] = {"domain_fid": float(self.fid.compute())}
         if self.real_hist is not None:
             probs = _probs(self.clf.net, fake, self.p.batch_size)  # (n, K)
             m |= class_stats(probs, self.real_hist, self.p.coverage_min_frac)

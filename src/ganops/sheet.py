@@ -13,15 +13,13 @@ Images are (1, 3, H, W) float in [0, 1]; each is scaled to fit its square (aspec
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ganops.checkpoint import atomic_write
+from ganops.images import save_png as save_png  # re-exported: the sheet stage writes through it
+from ganops.images import to_pil
 
 PAD = 4  # px between cells
 LABEL = 18  # px caption strip under each cell
@@ -46,11 +44,6 @@ def blend_label(name: str, blend: dict[str, float]) -> str:
     if list(blend) == [name]:
         return name
     return f"{name}: " + " + ".join(f"{n} {w:g}" for n, w in blend.items())
-
-
-def _pil(x: torch.Tensor) -> Image.Image:
-    a = (x[0].detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(a)
 
 
 def _fit(img: Image.Image, w: int, h: int) -> Image.Image:
@@ -115,17 +108,10 @@ def labelled_sheet(
         strip = Image.new("RGB", (tile, tile), "white")
         for j, (_, img, _) in enumerate(s.images):
             x0, x1 = j * tile // k, (j + 1) * tile // k
-            strip.paste(_fit(_pil(img), x1 - x0, tile), (x0, 0))
+            strip.paste(_fit(to_pil(img), x1 - x0, tile), (x0, 0))
         put(0, c, strip, s.label)
         for r, res in enumerate(s.results, start=1):
-            put(r, c, _fit(_pil(res), tile, tile), "")
+            put(r, c, _fit(to_pil(res), tile, tile), "")
     for r, (name, img) in enumerate(contents, start=1):
-        put(r, 0, _fit(_pil(img), tile, tile), name)
+        put(r, 0, _fit(to_pil(img), tile, tile), name)
     return sheet
-
-
-def save_png(img: Image.Image, path: str | Path) -> Path:
-    """Write ``img`` as PNG, atomically."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return atomic_write(path, buf.getvalue())

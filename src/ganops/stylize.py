@@ -14,17 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from ganops import images
 from ganops.config import StyleParams
+from ganops.images import ImageError, open_image, to_tensor
+from ganops.images import save_image as save_image  # re-exported: stages write results through it
 from ganops.losses import content_loss, gram, style_loss, tv_loss
 from ganops.models.style import TransformerConfig, TransformerNet, VGGFeatures
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 class StyleError(RuntimeError):
@@ -40,35 +39,10 @@ def load_image(path: str | Path, max_side: int) -> torch.Tensor:
     Raises:
         StyleError: missing, empty, unreadable or corrupt file (named in the message).
     """
-    path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise StyleError(f"{path}: empty file")
-        with Image.open(path) as f:
-            f.draft("RGB", (max_side, max_side))  # JPEG: decode big photos at reduced size directly
-            f.load()
-            img = ImageOps.exif_transpose(f).convert("RGB")
-    except FileNotFoundError:
-        raise StyleError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise StyleError(f"{path}: not an image") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise StyleError(f"{path}: unreadable or corrupt image ({err})") from None
-    if max(img.size) > max_side:  # never an out-of-memory crash on a huge photo
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-
-
-def save_image(x: torch.Tensor, path: str | Path) -> Path:
-    """(1, 3, H, W) in [0, 1] -> PNG (written atomically)."""
-    import io
-
-    from ganops.checkpoint import atomic_write
-
-    a = (x[0].detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return atomic_write(path, buf.getvalue())
+        return to_tensor(open_image(path, max_side=max_side))
+    except ImageError as err:
+        raise StyleError(f"{path}: {err}") from None
 
 
 def resize_long(x: torch.Tensor, long_side: int) -> torch.Tensor:
@@ -81,12 +55,9 @@ def resize_long(x: torch.Tensor, long_side: int) -> torch.Tensor:
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files in ``folder`` (not recursive, sorted); hidden files ignored."""
-    folder = Path(folder)
-    if not folder.is_dir():
+    if not Path(folder).is_dir():
         raise StyleError(f"{folder}: no such folder")
-    return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    return images.list_images(folder)
 
 
 # ----------------------------------------------------------------------------- colour

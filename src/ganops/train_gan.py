@@ -28,7 +28,6 @@ batch W*B computes. Only rank 0 reports, monitors, writes grids, checkpoints and
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
 import math
@@ -43,13 +42,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from ganops import distributed
 from ganops.augment import diff_augment
 from ganops.checkpoint import atomic_write, load_checkpoint, remove_stale_temps, save_checkpoint
 from ganops.config import GanParams
+from ganops.images import grid_png
 from ganops.losses import D_LOSSES, G_LOSSES, r1_penalty
 from ganops.models.gan import GANConfig, Generator, build, ema_update
 
@@ -174,12 +173,9 @@ def _finite(*nets: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for net in nets for t in net.parameters())
 
 
-def _grid_png(x: torch.Tensor, cols: int = 0) -> bytes:
-    """(N, C, S, S) in [-1, 1] -> PNG of a grid, ``cols`` images per row (0: as square as N allows)."""
-    buf = io.BytesIO()
-    nrow = cols or math.ceil(math.sqrt(len(x)))
-    save_image(make_grid(x, nrow=nrow, normalize=True, value_range=(-1, 1)), buf, "png")
-    return buf.getvalue()
+def _grid_png(x: torch.Tensor, n_classes: int = 0) -> bytes:
+    """(N, C, S, S) in [-1, 1] -> PNG of a near-square grid, classes in columns (``images.grid_png``)."""
+    return grid_png(x, n_classes)
 
 
 class _Pyramid(nn.Module):
