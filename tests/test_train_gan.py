@@ -7,13 +7,14 @@ import torch
 from PIL import Image
 
 from ganops.checkpoint import load_checkpoint
-from ganops.config import GanParams
+from ganops.config import PLAIN_DCGAN, GanParams
 from ganops.models.gan import load_generator
 from ganops.train_gan import TrainingDiverged, train_gan
 
 
 def tiny(**kw) -> GanParams:
-    base = dict(
+    # the plain DCGAN with tiny nets; a test turns on the stabiliser it checks
+    base = PLAIN_DCGAN | dict(
         latent_dim=8,
         ngf=4,
         ndf=4,
