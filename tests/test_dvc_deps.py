@@ -270,7 +270,9 @@ def test_stage_deps_list_every_module_its_command_runs(name):
     deps = _deps(stage)
     needed = sorted(module_file(m) for m in stage_modules(stage["cmd"]))
     missing = [f for f in needed if not any(f == d or f.startswith(d + "/") for d in deps)]
-    assert not missing, f"dvc.yaml stage {name!r} runs these modules but does not list them in deps: {missing}"
+    assert not missing, (
+        f"dvc.yaml stage {name!r} runs these modules but does not list them in deps: {missing}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
