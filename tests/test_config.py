@@ -58,6 +58,23 @@ def test_unknown_key_is_named_with_a_suggestion():
     assert "gan.lr_dd: unknown key (did you mean gan.lr_d?)" in str(e.value)
 
 
+def test_a_renamed_key_names_its_new_name(tmp_path):
+    # gan.n_samples (the grid size) became gan.grid_samples, leaving n_samples to evaluate's scored count
+    with pytest.raises(ParamsError) as e:
+        parse_params({"gan": {"n_samples": 16}})
+    assert "gan.n_samples: renamed to gan.grid_samples" in str(e.value)
+    with pytest.raises(ParamsError, match="gan.n_samples: renamed to gan.grid_samples"):
+        parse_params({}, ["gan.n_samples=16"])
+    assert parse_params({}, ["gan.grid_samples=16", "evaluate.n_samples=16"]).gan.grid_samples == 16
+
+
+def test_renamed_keys_point_at_real_keys():
+    from ganops.config import RENAMED, _known_keys
+
+    assert set(RENAMED.values()) <= set(_known_keys())
+    assert not set(RENAMED) & set(_known_keys())
+
+
 def test_unknown_group_is_named():
     with pytest.raises(ParamsError, match="ganx: unknown key"):
         parse_params({"ganx": {"lr_d": 1e-4}})

@@ -74,7 +74,7 @@ class GanParams(_Group):
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(10, ge=1)
-    n_samples: int = Field(64, ge=1, le=1024)
+    grid_samples: int = Field(64, ge=1, le=1024)  # images in the sample grid (was n_samples: RENAMED)
     resume: bool = True
     # Stabilisers: params.yaml's choice (PLAIN_DCGAN turns them all off: the lesson's DCGAN).
     arch: Literal["dcgan", "msg"] = "dcgan"
@@ -250,6 +250,13 @@ class Params(_Group):
         return {f"{g}.{k}": v for g, group in self.model_dump().items() for k, v in group.items()}
 
 
+# Keys renamed since they were released -> their new name. The old name is an error naming the new one (a
+# params file that still says gan.n_samples must not silently get the new key's default).
+RENAMED: dict[str, str] = {
+    "gan.n_samples": "gan.grid_samples",  # the grid's size; evaluate.n_samples is the scored count
+}
+
+
 def _known_keys(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
@@ -266,7 +273,9 @@ def _format(err: ValidationError, origin: str) -> str:
     lines = [f"invalid parameters in {origin}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and key in RENAMED:
+            msg = f"renamed to {RENAMED[key]}: use that key instead"
+        elif e["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(key, known, n=1)
             msg = "unknown key" + (f" (did you mean {hint[0]}?)" if hint else "")
         else:
