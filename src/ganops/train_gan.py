@@ -313,7 +313,9 @@ def train_gan(
 
     policy = tuple(p.diffaugment)
     # Fixed noise: the same z every grid, so grids are comparable across steps and runs.
-    fixed_z = torch.randn(p.grid_samples, p.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1))
+    fixed_z = torch.randn(
+        p.grid_samples, p.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1)
+    )
     fixed_z = fixed_z.to(device)
     # conditional: one column per class (image i asks for class i mod K), so a grid reads class by class
     fixed_y = torch.arange(p.grid_samples, device=device) % cfg.n_classes if conditional else None
