@@ -42,6 +42,7 @@ class Module:
     tree: ast.Module
     defs: dict[str, ast.AST] = field(default_factory=dict)  # top-level def / class / assigned name
     imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # local name -> (module, attr)
+    stars: list[str] = field(default_factory=list)  # modules of `from x import *`
 
     @property
     def package(self) -> str:
@@ -86,7 +87,10 @@ def modules() -> dict[str, Module]:
                         if isinstance(n, ast.Name):
                             mod.defs[n.id] = node
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                mod.imports.update(_import_bindings(mod, node))
+                bindings = _import_bindings(mod, node)
+                if "*" in bindings:
+                    mod.stars.append(bindings.pop("*")[0])
+                mod.imports.update(bindings)
         out[mod.name] = mod
     return out
 
@@ -106,6 +110,10 @@ def _lookup(module: str, name: str, seen: frozenset[Target] = frozenset()) -> Ta
         return _target(m.imports[name], seen | {(module, name)})
     if f"{module}.{name}" in mods:
         return (f"{module}.{name}", None)
+    for star in m.stars:
+        t = _lookup(star, name, seen | {(module, name)})
+        if t is not None and t != (star, None):
+            return t
     return (module, None)  # an attribute we cannot see (set at run time): the whole module
 
 
