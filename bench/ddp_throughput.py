@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ganops.config import GanParams
+from ganops.config import PLAIN_DCGAN, GanParams
 from ganops.train_gan import train_gan
 
 
 def _params(a: argparse.Namespace, batch: int) -> GanParams:
-    return GanParams(ngf=a.ngf, ndf=a.ndf, latent_dim=a.latent, batch_size=batch, steps=a.steps,
+    return GanParams(**PLAIN_DCGAN, ngf=a.ngf, ndf=a.ndf, latent_dim=a.latent, batch_size=batch, steps=a.steps,
                      log_every=a.steps // 4, sample_every=10**6, checkpoint_every=10**6, resume=False)  # fmt: skip
 
 

@@ -4,7 +4,7 @@ Every variant trains the demo's nets (latent 64, ngf = ndf = 32, batch 64) for t
 same prepared data and is scored by the evaluate stage's code (domain classifier trained once per dataset):
 domain FID (with the real-vs-real baseline), class coverage, KL of the class histogram, share of confident
 samples, and the wall time of training. Variants are params overrides on top of the plain DCGAN
-(``GanParams()``'s defaults), except ``default``, which is params.yaml's gan group.
+(``config.PLAIN_DCGAN``), except ``default``, which is params.yaml's gan group.
 
     python bench/gan_ablation.py                                      # digits, every variant
     python bench/gan_ablation.py --source mnist --root <dir holding MNIST/raw>   # the MNIST test split
@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from ganops.classifier import train_classifier
-from ganops.config import ClassifierParams, DataParams, EvaluateParams, GanParams, load_params
+from ganops.config import PLAIN_DCGAN, ClassifierParams, DataParams, EvaluateParams, GanParams, load_params
 from ganops.data import prepare
 from ganops.evaluate import asked_classes, evaluate_samples, generate
 from ganops.models.gan import load_generator
@@ -159,7 +159,11 @@ def main() -> None:
     default = load_params(a.params).gan.model_dump()
     params = {}
     for name in names:
-        over = {**default, **VARIANTS[name]} if name.startswith("default") else {**DEMO, **VARIANTS[name]}
+        over = (
+            {**default, **VARIANTS[name]}
+            if name.startswith("default")
+            else {**PLAIN_DCGAN, **DEMO, **VARIANTS[name]}
+        )
         params[name] = GanParams(**{**over, **extra, "steps": a.steps, "sample_every": a.steps,
                                     "checkpoint_every": a.steps, "log_every": 50, "monitor_every": 0,
                                     "resume": False})  # fmt: skip

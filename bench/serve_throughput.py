@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.e2e.servers import start_server, stop  # noqa: E402
 
-from ganops.config import GanParams, parse_params  # noqa: E402
+from ganops.config import PLAIN_DCGAN, GanParams, parse_params  # noqa: E402
 from ganops.evaluate import generate  # noqa: E402
 from ganops.models.gan import load_generator  # noqa: E402
 from ganops.tracking import RunContext, register_generator, set_alias, start_run  # noqa: E402
@@ -54,7 +54,7 @@ def champion_store(tmp: Path, size: int, channels: int, ngf: int) -> tuple[str, 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     images = torch.randint(0, 256, (256, channels, size, size), dtype=torch.uint8)
-    p = GanParams(steps=1, batch_size=64, sample_every=1, checkpoint_every=1, ngf=ngf, ndf=ngf)
+    p = GanParams(**PLAIN_DCGAN, steps=1, batch_size=64, sample_every=1, checkpoint_every=1, ngf=ngf, ndf=ngf)
     with start_run(parse_params({}), ctx=RunContext("bench"), data_hash="bench", root=tmp) as run:
         r = train_gan(images, p, tmp / "gan", progress=False)
         run.log_artifacts(r.export, "checkpoint")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ganops.config import GanParams
+from ganops.config import PLAIN_DCGAN, GanParams
 from ganops.models.gan import GANConfig, build
 from ganops.train_gan import train_gan
 
@@ -65,7 +65,7 @@ def reference_loop(images: torch.Tensor, cfg: GANConfig, batch: int, steps: int)
 def ours(images: torch.Tensor, cfg: GANConfig, batch: int, steps: int) -> float:
     """ganops.train_gan for ``steps`` steps; img/s from its own per-window report (first window dropped)."""
     p = GanParams(
-        latent_dim=cfg.latent_dim, ngf=cfg.ngf, ndf=cfg.ndf, batch_size=batch, steps=steps + 1,
+        **PLAIN_DCGAN, latent_dim=cfg.latent_dim, ngf=cfg.ngf, ndf=cfg.ndf, batch_size=batch, steps=steps + 1,
         log_every=1, sample_every=10**6, checkpoint_every=10**6, resume=False,
     )  # fmt: skip
     rates: list[float] = []

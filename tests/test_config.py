@@ -58,6 +58,23 @@ def test_unknown_key_is_named_with_a_suggestion():
     assert "gan.lr_dd: unknown key (did you mean gan.lr_d?)" in str(e.value)
 
 
+def test_a_renamed_key_names_its_new_name(tmp_path):
+    # gan.n_samples (the grid size) became gan.grid_samples, leaving n_samples to evaluate's scored count
+    with pytest.raises(ParamsError) as e:
+        parse_params({"gan": {"n_samples": 16}})
+    assert "gan.n_samples: renamed to gan.grid_samples" in str(e.value)
+    with pytest.raises(ParamsError, match="gan.n_samples: renamed to gan.grid_samples"):
+        parse_params({}, ["gan.n_samples=16"])
+    assert parse_params({}, ["gan.grid_samples=16", "evaluate.n_samples=16"]).gan.grid_samples == 16
+
+
+def test_renamed_keys_point_at_real_keys():
+    from ganops.config import RENAMED, _known_keys
+
+    assert set(RENAMED.values()) <= set(_known_keys())
+    assert not set(RENAMED) & set(_known_keys())
+
+
 def test_unknown_group_is_named():
     with pytest.raises(ParamsError, match="ganx: unknown key"):
         parse_params({"ganx": {"lr_d": 1e-4}})
@@ -136,10 +153,19 @@ def test_project_params_yaml_carries_the_readme_demo_defaults():
     assert g.conditional == "auto"
 
 
-def test_code_defaults_are_the_plain_dcgan_with_every_stabiliser_off():
-    from ganops.config import GanParams
+def test_params_yaml_is_the_one_source_of_defaults():
+    # The typed config's defaults are params.yaml's values, key for key: a key left out of a params file
+    # (or a group built in code, GanParams()) means what the project's params.yaml says.
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert _keys(raw) - set(raw) == set(Params().flat()), "params.yaml must document every key"
+    code, project = Params().flat(), load_params(ROOT / "params.yaml").flat()
+    assert {k: (v, project[k]) for k, v in code.items() if v != project[k]} == {}
 
-    g = GanParams()
+
+def test_plain_dcgan_preset_turns_every_stabiliser_off():
+    from ganops.config import PLAIN_DCGAN, GanParams
+
+    g = GanParams(**PLAIN_DCGAN)
     assert g.arch == "dcgan"
     assert g.loss == "bce"
     assert g.r1_gamma == 0
@@ -151,6 +177,7 @@ def test_code_defaults_are_the_plain_dcgan_with_every_stabiliser_off():
     assert g.d_steps == 1
     assert g.conditional is False
     assert g.g_norm == "batch"
+    assert g.monitor_every == 0
 
 
 def test_list_valued_override_gives_a_diffaugment_policy():

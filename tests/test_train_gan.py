@@ -7,13 +7,14 @@ import torch
 from PIL import Image
 
 from ganops.checkpoint import load_checkpoint
-from ganops.config import GanParams
+from ganops.config import PLAIN_DCGAN, GanParams
 from ganops.models.gan import load_generator
 from ganops.train_gan import TrainingDiverged, train_gan
 
 
 def tiny(**kw) -> GanParams:
-    base = dict(
+    # the plain DCGAN with tiny nets; a test turns on the stabiliser it checks
+    base = PLAIN_DCGAN | dict(
         latent_dim=8,
         ngf=4,
         ndf=4,
@@ -22,7 +23,7 @@ def tiny(**kw) -> GanParams:
         sample_every=2,
         checkpoint_every=2,
         log_every=1,
-        n_samples=4,
+        grid_samples=4,
     )
     return GanParams(**(base | kw))
 
@@ -199,7 +200,7 @@ def test_conditional_generator_draws_the_class_it_is_asked_for(tmp_path):
     bright = torch.randint(215, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=g)
     images, labels = torch.cat([dark, bright]), torch.tensor([0] * 32 + [1] * 32)
     p = tiny(steps=300, checkpoint_every=300, sample_every=300, ngf=8, ndf=8, lr_g=1e-3, lr_d=1e-3,
-             conditional=True, loss="hinge", n_samples=6)  # fmt: skip
+             conditional=True, loss="hinge", grid_samples=6)  # fmt: skip
     G = load_generator(train_gan(images, p, tmp_path, labels=labels, progress=False).export)
     z = torch.randn(64, 8)
     with torch.no_grad():

@@ -2,6 +2,10 @@
 
 Unknown keys and wrong types are errors that name the key (``gan.lr_dd``), never silent defaults.
 Command-line overrides (``--set gan.lr_d=1e-4``) go through the same validation.
+
+``params.yaml`` is the one source of defaults: every default below is the value params.yaml gives the key
+(tests/test_config.py proves the two equal), so a key left out of a params file means what the project's
+params.yaml says. Presets that differ on purpose are named, e.g. :data:`PLAIN_DCGAN`.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class GanParams(_Group):
     ngf: int = Field(32, ge=1)
     ndf: int = Field(32, ge=1)
     batch_size: int = Field(64, ge=2)
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(2000, ge=1)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -70,28 +74,46 @@ class GanParams(_Group):
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(10, ge=1)
-    n_samples: int = Field(64, ge=1, le=1024)
+    grid_samples: int = Field(64, ge=1, le=1024)  # images in the sample grid (was n_samples: RENAMED)
     resume: bool = True
-    # Stabilisers. The code defaults are the lesson's plain DCGAN; params.yaml holds the chosen default.
+    # Stabilisers: params.yaml's choice (PLAIN_DCGAN turns them all off: the lesson's DCGAN).
     arch: Literal["dcgan", "msg"] = "dcgan"
-    loss: Literal["bce", "hinge"] = "bce"
+    loss: Literal["bce", "hinge"] = "hinge"
     spectral_norm: bool = False
     g_norm: Literal["batch", "none"] = "batch"
-    mbstd: bool = False
-    conditional: Literal["auto"] | bool = False
+    mbstd: bool = True
+    conditional: Literal["auto"] | bool = "auto"
     diffaugment: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
-    r1_gamma: float = Field(0.0, ge=0)
+    r1_gamma: float = Field(1.0, ge=0)
     r1_every: int = Field(4, ge=1)
     d_steps: int = Field(1, ge=1, le=10)
     d_skip_below: float = Field(0.0, ge=0)
-    ema_decay: float = Field(0.0, ge=0, lt=1)
-    monitor_every: int = Field(0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    monitor_every: int = Field(250, ge=0)
     monitor_samples: int = Field(500, ge=10)
     best_metric: Literal["domain_fid", "kl"] = "domain_fid"
     nan_max_rollbacks: int = Field(3, ge=0)
     nan_lr_factor: float = Field(0.5, gt=0, lt=1)
     nproc: int = Field(1, ge=1)
     amp: bool = False
+
+
+# The lesson's plain DCGAN (BCE, no R1, no minibatch-stddev, no EMA, unconditional, no in-training monitor):
+# GanParams(**PLAIN_DCGAN, ...) is the baseline the benchmarks compare against. Not a default: a preset.
+PLAIN_DCGAN: dict[str, Any] = {
+    "arch": "dcgan",
+    "loss": "bce",
+    "spectral_norm": False,
+    "g_norm": "batch",
+    "mbstd": False,
+    "conditional": False,
+    "diffaugment": [],
+    "r1_gamma": 0.0,
+    "d_steps": 1,
+    "d_skip_below": 0.0,
+    "ema_decay": 0.0,
+    "monitor_every": 0,
+}
 
 
 class ClassifierParams(_Group):
@@ -142,11 +164,15 @@ class StyleParams(_Group):
     content_dir: str = "data/photos"
     style_dir: str = "data/paintings"
     styles: dict[str, dict[str, float]] = Field(
-        default_factory=lambda: {"starry_night": {"starry_night": 1.0}}
+        default_factory=lambda: {
+            "starry_night": {"starry_night": 1.0},
+            "the_scream": {"the_scream": 1.0},
+            "shipwreck": {"shipwreck": 1.0},
+        }
     )
     method: Literal["gatys", "fast"] = "gatys"
     weights: StyleWeights = "caffe-q8"
-    size: int = Field(256, ge=16, le=4096)
+    size: int = Field(160, ge=16, le=4096)
     max_side: int = Field(1024, ge=16)
     content_layer: str = "relu4_2"
     style_layers: dict[str, float] = Field(
@@ -164,7 +190,7 @@ class StyleParams(_Group):
     tv_weight: float = Field(10.0, ge=0)
     init: Literal["content", "noise", "content+noise"] = "content"
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
-    steps: int = Field(300, ge=1)
+    steps: int = Field(80, ge=1)
     lr: float = Field(1.0, gt=0)
     scales: list[float] = Field(default_factory=lambda: [1.0])
     style_scale: float = Field(1.0, gt=0, le=4)
@@ -224,6 +250,13 @@ class Params(_Group):
         return {f"{g}.{k}": v for g, group in self.model_dump().items() for k, v in group.items()}
 
 
+# Keys renamed since they were released -> their new name. The old name is an error naming the new one (a
+# params file that still says gan.n_samples must not silently get the new key's default).
+RENAMED: dict[str, str] = {
+    "gan.n_samples": "gan.grid_samples",  # the grid's size; evaluate.n_samples is the scored count
+}
+
+
 def _known_keys(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
@@ -240,7 +273,9 @@ def _format(err: ValidationError, origin: str) -> str:
     lines = [f"invalid parameters in {origin}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and key in RENAMED:
+            msg = f"renamed to {RENAMED[key]}: use that key instead"
+        elif e["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(key, known, n=1)
             msg = "unknown key" + (f" (did you mean {hint[0]}?)" if hint else "")
         else:

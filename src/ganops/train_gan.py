@@ -67,7 +67,7 @@ _NOT_SETTINGS = {
     "sample_every",
     "checkpoint_every",
     "log_every",
-    "n_samples",
+    "grid_samples",
     "resume",
     "monitor_every",
     "monitor_samples",
@@ -309,10 +309,12 @@ def train_gan(
 
     policy = tuple(p.diffaugment)
     # Fixed noise: the same z every grid, so grids are comparable across steps and runs.
-    fixed_z = torch.randn(p.n_samples, p.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1))
+    fixed_z = torch.randn(
+        p.grid_samples, p.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed + 1)
+    )
     fixed_z = fixed_z.to(device)
     # conditional: one column per class (image i asks for class i mod K), so a grid reads class by class
-    fixed_y = torch.arange(p.n_samples, device=device) % cfg.n_classes if conditional else None
+    fixed_y = torch.arange(p.grid_samples, device=device) % cfg.n_classes if conditional else None
     # Training noise, drawn on CPU for device independence. Every rank draws the global batch's noise from
     # the same stream and keeps its own slice: per-rank noise, and the same z one process would use.
     noise = torch.Generator().manual_seed(seed + 2)
@@ -398,7 +400,7 @@ def train_gan(
         g = sampler()
         g.eval()  # what serving will see: BatchNorm on running statistics
         with torch.no_grad():
-            x = g(fixed_z, fixed_y).float().cpu()  # (n_samples, C, S, S) in [-1, 1]
+            x = g(fixed_z, fixed_y).float().cpu()  # (grid_samples, C, S, S) in [-1, 1]
         G.train()
         path = atomic_write(out / "samples" / f"step_{step:06d}.png", _grid_png(x, cfg.n_classes))
         if on_sample and notify:

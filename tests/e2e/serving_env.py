@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ganops.config import DataParams, GanParams, parse_params
+from ganops.config import PLAIN_DCGAN, DataParams, GanParams, parse_params
 from ganops.data import manifest, prepare
 from ganops.tracking import RunContext, register_generator, set_alias, start_run
 from ganops.train_gan import train_gan
@@ -26,8 +26,8 @@ MAX_N = 32
 def train_version(root: Path, uri: str, seed: int = 0, metrics: dict | None = None) -> dict:
     """Train a tiny conditional generator, log it as an MLflow run and register it (no alias moved)."""
     d = prepare(DataParams(image_size=16, limit=64))
-    p = GanParams(latent_dim=8, ngf=4, ndf=4, batch_size=16, steps=3, sample_every=3, checkpoint_every=3,
-                  conditional=True)  # fmt: skip
+    p = GanParams(**{**PLAIN_DCGAN, "conditional": True}, latent_dim=8, ngf=4, ndf=4, batch_size=16, steps=3,
+                  sample_every=3, checkpoint_every=3)  # fmt: skip
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         with start_run(parse_params({}), ctx=RunContext("test"), data_hash="h" * 64, root=root) as run:

@@ -25,14 +25,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ganops.config import GanParams
+from ganops.config import PLAIN_DCGAN, GanParams
 from ganops.train_gan import train_gan
 
 pytestmark = pytest.mark.e2e
 
 B, K = 8, 6  # per-rank batch; steps compared
-BASE = dict(latent_dim=8, ngf=8, ndf=8, steps=K, sample_every=3, checkpoint_every=3, log_every=1,
-            n_samples=4, loss="hinge", r1_gamma=1.0, r1_every=2, ema_decay=0.9)  # fmt: skip
+BASE = PLAIN_DCGAN | dict(latent_dim=8, ngf=8, ndf=8, steps=K, sample_every=3, checkpoint_every=3,
+                          log_every=1, grid_samples=4, loss="hinge", r1_gamma=1.0, r1_every=2, ema_decay=0.9)  # fmt: skip
 EXACT = BASE | dict(g_norm="none", spectral_norm=True, mbstd=False)
 DEFAULT = BASE | dict(g_norm="batch", spectral_norm=False, mbstd=True)
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 TINY = {
     "data": {"image_size": 16, "limit": 96},
     "gan": {"steps": 600, "batch_size": 16, "ngf": 8, "ndf": 8, "latent_dim": 8, "sample_every": 300,
-            "checkpoint_every": 10, "log_every": 50, "n_samples": 16, "monitor_every": 0},
+            "checkpoint_every": 10, "log_every": 50, "grid_samples": 16, "monitor_every": 0},
     "classifier": {"epochs": 1},
 }  # fmt: skip
 

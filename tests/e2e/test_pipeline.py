@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 TINY = {
     "data": {"image_size": 16, "limit": 0},  # all 1,797 digits: a subset (data.limit) never becomes champion
     "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
-            "checkpoint_every": 3, "log_every": 2, "n_samples": 16},
+            "checkpoint_every": 3, "log_every": 2, "grid_samples": 16},
     "classifier": {"epochs": 2},
     "evaluate": {"kid_subset_size": 20, "n_samples": 200},
     "style": {"size": 32, "steps": 5, "style_layers": {"relu1_1": 1.0, "relu2_1": 1.0}},

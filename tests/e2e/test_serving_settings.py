@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ganops.config import DataParams, GanParams, parse_params
+from ganops.config import PLAIN_DCGAN, DataParams, GanParams, parse_params
 from ganops.data import manifest, prepare
 from ganops.tracking import RunContext, register_generator, set_alias, start_run
 from ganops.train_gan import train_gan
@@ -36,7 +36,9 @@ def plain():
     tmp = Path(tempfile.mkdtemp(prefix="ganops-serve-plain-"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     d = prepare(DataParams(image_size=16, limit=64))
-    p = GanParams(latent_dim=8, ngf=4, ndf=4, batch_size=16, steps=2, sample_every=2, checkpoint_every=2)
+    p = GanParams(
+        **PLAIN_DCGAN, latent_dim=8, ngf=4, ndf=4, batch_size=16, steps=2, sample_every=2, checkpoint_every=2
+    )
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         with start_run(parse_params({}), ctx=RunContext("test"), data_hash="h", root=tmp) as run:

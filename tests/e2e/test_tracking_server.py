@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 TINY = {
     "data": {"image_size": 16, "limit": 0},  # all digits: a subset never becomes champion
     "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
-            "checkpoint_every": 3, "log_every": 2, "n_samples": 16, "monitor_every": 0},
+            "checkpoint_every": 3, "log_every": 2, "grid_samples": 16, "monitor_every": 0},
     "classifier": {"epochs": 1},
     "evaluate": {"kid_subset_size": 20, "n_samples": 200},
 }  # fmt: skip

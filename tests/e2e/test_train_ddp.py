@@ -26,7 +26,7 @@ STEPS, LOG_EVERY, SAMPLE_EVERY = 400, 20, 100
 TINY = {
     "data": {"image_size": 16, "limit": 96},
     "gan": {"steps": STEPS, "batch_size": 8, "ngf": 8, "ndf": 8, "latent_dim": 8, "sample_every": SAMPLE_EVERY,
-            "checkpoint_every": 10, "log_every": LOG_EVERY, "n_samples": 16, "monitor_every": 0},
+            "checkpoint_every": 10, "log_every": LOG_EVERY, "grid_samples": 16, "monitor_every": 0},
 }  # fmt: skip
 CMD = [str(BIN / "ganops"), "train-gan", "--nproc", "2", "--no-progress"]
 
