@@ -49,3 +49,34 @@ def test_r1_is_the_squared_input_gradient():
     assert r1.item() == pytest.approx(6.0)
     r1.backward()  # create_graph: the penalty itself trains D's weights
     assert torch.allclose(w.grad, 2 * w.detach())
+
+
+def _gan_loss(r1_gamma=1.0, r1_every=2):
+    from ganops.losses import GanLoss
+    from ganops.models.gan import GANConfig, build
+    from ganops.train_state import _Pyramid
+
+    torch.manual_seed(0)
+    G, D = build(GANConfig(image_size=8, channels=1, latent_dim=4, ngf=4, ndf=4))
+    loss = GanLoss(_Pyramid(G), D, D, loss="hinge", r1_gamma=r1_gamma, r1_every=r1_every, policy=(),
+                   aug_rng=torch.Generator().manual_seed(0), amp=False, device_type="cpu")  # fmt: skip
+    return G, D, loss
+
+
+def test_gan_loss_d_phase_adds_lazy_r1_only_when_due():
+    G, D, loss = _gan_loss()
+    reals, z = [torch.rand(4, 1, 8, 8) * 2 - 1], torch.randn(4, 4, 1, 1)
+    due = loss.d_phase(reals, None, z, None, n=2, keep_graph=True)
+    assert due.total.item() > due.loss.item()  # + gamma / 2 * r1_every * R1
+    assert due.real_logits.shape == (4,) and due.fakes[0].shape == (4, 1, 8, 8) and due.fakes[0].requires_grad
+    skipped = loss.d_phase(reals, None, z, None, n=3, keep_graph=False)
+    assert skipped.total is skipped.loss and not skipped.fakes[0].requires_grad
+
+
+def test_gan_loss_g_phase_trains_g_through_a_frozen_d():
+    G, D, loss = _gan_loss()
+    d = loss.d_phase([torch.zeros(4, 1, 8, 8)], None, torch.randn(4, 4, 1, 1), None, n=1, keep_graph=True)
+    loss.g_phase(d.fakes, None)
+    assert all(p.grad is None for p in D.parameters())  # D frozen in G's phase
+    assert all(p.requires_grad for p in D.parameters())  # ... and trainable again after it
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())

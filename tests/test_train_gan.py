@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ganops.checkpoint import load_checkpoint
+from ganops.artifacts import load_checkpoint
 from ganops.config import PLAIN_DCGAN, GanParams
 from ganops.models.gan import load_generator
 from ganops.train_gan import TrainingDiverged, train_gan
@@ -343,16 +343,16 @@ def test_monitor_reports_and_keeps_the_best_export(images, tmp_path):
 
 
 def test_diffaugment_sees_real_and_fake_in_both_phases_with_one_policy(images, tmp_path, monkeypatch):
-    import ganops.train_gan as tg
+    import ganops.losses as losses  # GanLoss applies the policy in both phases
 
     calls = []
-    real_fn = tg.diff_augment
+    real_fn = losses.diff_augment
 
     def spy(x, policy, generator=None):
         calls.append((policy, x[0].requires_grad))
         return real_fn(x, policy, generator)
 
-    monkeypatch.setattr(tg, "diff_augment", spy)
+    monkeypatch.setattr(losses, "diff_augment", spy)
     train_gan(images, tiny(steps=2, diffaugment=["translation", "cutout"]), tmp_path, progress=False)
     # per step: D phase real (no grad), D phase fake (detached), G phase fake (grad flows to G)
     assert calls == [(("translation", "cutout"), False), (("translation", "cutout"), False),

@@ -13,7 +13,6 @@ every number computed from it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ganops.checkpoint import atomic_write
+from ganops.artifacts import load_folder, save_folder
 from ganops.config import ClassifierParams
 from ganops.models.classifier import ClassifierConfig, DomainClassifier
 
@@ -144,16 +143,13 @@ def train_classifier(
 
 def save_classifier(c: Classifier, out: str | Path) -> None:
     """Write ``classifier.pt`` (weights) and ``config.json`` (constructor args, extractor name, info)."""
-    out = Path(out)
-    atomic_write(out / "classifier.pt", c.net.state_dict())
     config = {"model": c.net.cfg.to_dict(), "extractor": c.extractor, "trained": c.trained, "info": c.info}
-    atomic_write(out / "config.json", json.dumps(config, indent=2) + "\n")
+    save_folder(out, {"classifier.pt": c.net.state_dict()}, config)
 
 
 def load_classifier(out: str | Path, device: str | torch.device = "cpu") -> Classifier:
     """Rebuild what :func:`save_classifier` wrote, in eval mode."""
-    out = Path(out)
-    config = json.loads((out / "config.json").read_text())
+    state, config = load_folder(out, "classifier.pt", map_location=device)
     net = DomainClassifier(ClassifierConfig(**config["model"]))
-    net.load_state_dict(torch.load(out / "classifier.pt", map_location=device, weights_only=True))
+    net.load_state_dict(state)
     return Classifier(net.to(device).eval(), config["extractor"], config["trained"], config["info"])

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from ganops.checkpoint import atomic_write
+from ganops.artifacts import atomic_write
 from ganops.models.gan import GANConfig, MinibatchStd, build, ema_update, load_generator, noise_for_class
 
 

@@ -310,10 +310,9 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> Generator:
     """Rebuild the generator from an exported folder (``generator.pt`` + ``config.json``), in eval mode."""
-    import json
+    from ganops.artifacts import load_folder
 
-    folder = Path(folder)
-    cfg = GANConfig(**json.loads((folder / "config.json").read_text())["model"])
-    g = Generator(cfg)
-    g.load_state_dict(torch.load(folder / "generator.pt", map_location=device, weights_only=True))
+    state, config = load_folder(folder, "generator.pt", map_location=device)
+    g = Generator(GANConfig(**config["model"]))
+    g.load_state_dict(state)
     return g.to(device).eval()

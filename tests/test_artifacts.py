@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from ganops.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ganops.artifacts import atomic_write, load_checkpoint, load_folder, save_checkpoint, save_folder
 
 
 def test_round_trip_weights_only(tmp_path):
@@ -36,3 +36,28 @@ def test_pickled_code_is_refused(tmp_path):
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"config_json": "{}", "x": os.getcwd}))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_folder_round_trip_writes_weights_files_then_config(tmp_path):
+    import json
+
+    w = {"a": torch.arange(4.0)}
+    folder = save_folder(tmp_path / "f", {"net.pt": w, "other.pt": {"b": torch.ones(2)}}, {"model": {"k": 1}},
+                         files={"samples.png": b"png"})  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "net.pt", "other.pt", "samples.png"]
+    # the layout every reader (registry, serving, evaluate) expects: indent 2, a final newline
+    assert (folder / "config.json").read_text() == json.dumps({"model": {"k": 1}}, indent=2) + "\n"
+    state, config = load_folder(folder, "net.pt")
+    assert torch.equal(state["a"], w["a"]) and config == {"model": {"k": 1}}
+    assert (folder / "samples.png").read_bytes() == b"png"
+    # the style folders' layout: no final newline
+    save_folder(tmp_path / "s", {}, {"method": "gatys"}, newline=False)
+    assert (tmp_path / "s" / "config.json").read_text() == json.dumps({"method": "gatys"}, indent=2)
+
+
+def test_checkpoint_module_is_the_same_functions():
+    import ganops.artifacts as artifacts
+    import ganops.checkpoint as checkpoint
+
+    for name in checkpoint.__all__:
+        assert getattr(checkpoint, name) is getattr(artifacts, name)
