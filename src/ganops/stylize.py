@@ -300,3 +300,49 @@ def fast_precision(choice: str) -> str:
 def fast_stylize(net: TransformerNet, image: torch.Tensor) -> torch.Tensor:
     """One forward pass: (1, 3, H, W) -> (1, 3, H, W), any size."""
     return net(image)
+
+
+# ----------------------------------------------------------------------------- a style's inputs
+
+
+def style_files(style_dir: Path, blend: dict[str, float]) -> list[tuple[Path, float]]:
+    """The image of each style in ``blend`` ({file stem: weight}), found in ``style_dir`` by its stem.
+
+    Raises:
+        StyleError: a stem has no image in ``style_dir`` (the message lists what it holds).
+    """
+    files = {f.stem: f for f in list_images(style_dir)}
+    missing = [stem for stem in blend if stem not in files]
+    if missing:
+        raise StyleError(
+            f"style image(s) {missing} not in {style_dir}/ (it holds: {sorted(files) or 'nothing'})"
+        )
+    return [(files[stem], w) for stem, w in blend.items()]
+
+
+def style_inputs(
+    sp: StyleParams, blend: dict[str, float], root: Path, *, check_contents: bool = True
+) -> tuple[list[Path], list[tuple[torch.Tensor, float]]]:
+    """One style's inputs under ``root``: the content photos and the blended style images.
+
+    Args:
+        sp: style params (``content_dir`` / ``style_dir`` relative to ``root``, ``max_side``).
+        blend: {style file stem: weight}, one entry of ``style.styles``.
+        root: the project root.
+        check_contents: fail on an empty content folder and load every photo once, so that a bad file is
+            reported before any work starts (a stage's setup); off to rebuild a job that setup checked.
+
+    Returns:
+        (content files, [(style image (1, 3, H, W) in [0, 1], blend weight)]).
+
+    Raises:
+        StyleError: no content photos, a missing style, or an unreadable image (named in the message).
+    """
+    contents = list_images(root / sp.content_dir)
+    if check_contents:
+        if not contents:
+            raise StyleError(f"no images in {sp.content_dir}/")
+        for f in contents:  # every photo must load before any work starts
+            load_image(f, sp.max_side)
+    styles = [(load_image(f, sp.max_side), w) for f, w in style_files(root / sp.style_dir, blend)]
+    return contents, styles

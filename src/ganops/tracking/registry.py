@@ -1,0 +1,224 @@
+"""The model registry: versions of our checkpoint folders, their facts, the champion alias, downloads.
+
+Generators are registered once per (run, artifact path) with their metrics as version tags, so promotion can
+compare a candidate with the champion; style nets get one version per training, aliased at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ganops.tracking.store import TrackingError, _already_exists, retry_locked
+
+log = logging.getLogger(__name__)
+
+
+_META_KEYS = ("run_id", "dataset_hash", "extractor", "export", "data_limit")
+
+
+def _ensure_registered_model(c: Any, name: str, description: str = "") -> None:
+    """Get or create the registered model ``name``, safe against a concurrent creator."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        retry_locked(lambda: c.get_registered_model(name))
+        return
+    except MlflowException as err:
+        if getattr(err, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        retry_locked(lambda: c.create_registered_model(name, description=description or None))
+    except MlflowException as err:
+        if not _already_exists(err):
+            raise
+
+
+@contextmanager
+def registry_lock(name: str, *, timeout: float = 120.0, stale_after: float = 120.0) -> Iterator[None]:
+    """Hold the promotion lock of registered model ``name`` (a mutex kept in the tracking store itself).
+
+    The lock is a registered model ``<name>.lock``: creating one that exists fails atomically in the store's
+    database (sqlite or the tracking server's PostgreSQL alike), so exactly one process holds it, on any
+    machine that shares the store. It is deleted on release; one older than ``stale_after`` seconds (its
+    holder died mid-promotion) is taken over.
+
+    Raises:
+        TrackingError: not acquired within ``timeout`` seconds.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    c, lock = MlflowClient(), f"{name}.lock"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            retry_locked(lambda: c.create_registered_model(
+                lock, tags={"owner": owner, "since": repr(time.time())},
+                description=f"ganops: held while a promotion of {name} decides; deleted when it is done"))  # fmt: skip
+            break
+        except MlflowException as err:
+            if not _already_exists(err):
+                raise
+        try:
+            held = c.get_registered_model(lock)
+            if time.time() - float(held.tags.get("since", "inf")) > stale_after:
+                log.warning(
+                    "taking over the stale promotion lock %s held by %s", lock, held.tags.get("owner")
+                )
+                c.delete_registered_model(lock)
+                continue
+        except MlflowException:
+            continue  # released between our create and our look: try again at once
+        if time.monotonic() > deadline:
+            raise TrackingError(f"promotion lock {lock} is held by {held.tags.get('owner')} for over {timeout:.0f} s; "
+                                f"if no promotion is running, delete the registered model {lock}")  # fmt: skip
+        time.sleep(0.05 + 0.1 * random.random())
+    try:
+        yield
+    finally:
+        retry_locked(lambda: c.delete_registered_model(lock), what="release promotion lock")
+
+
+def _version_facts(mv: Any) -> dict[str, Any]:
+    """What a model version's tags say about it: run, data, extractor and its metrics (floats)."""
+    facts: dict[str, Any] = {"version": int(mv.version), "run_id": mv.run_id}
+    for k, v in mv.tags.items():
+        if k.startswith("metric."):
+            facts[k[len("metric.") :]] = float(v)
+        elif k in _META_KEYS:
+            facts[k] = v
+    return facts
+
+
+def register_generator(
+    run_id: str, name: str, facts: dict[str, Any], artifact_path: str = "checkpoint"
+) -> dict[str, Any]:
+    """Register the run's ``checkpoint/`` (or ``checkpoint_best/``) artifact as a version of ``name`` (once).
+
+    The version's source is our checkpoint folder (weights + config JSON, no pickled code); ``facts``
+    (dataset hash, extractor, numeric metrics) are stored as version tags so later decisions can compare.
+
+    Returns:
+        The version's facts (as :func:`champion` returns them).
+    """
+    from mlflow import MlflowClient
+
+    c = MlflowClient()
+    _ensure_registered_model(c, name, "ganops DCGAN generators: checkpoint folder (weights + config.json)")
+    source = f"runs:/{run_id}/{artifact_path}"
+    existing = [
+        mv
+        for mv in retry_locked(lambda: c.search_model_versions(f"name='{name}' and run_id='{run_id}'"))
+        if mv.source == source
+    ]
+    if existing:
+        return _version_facts(existing[0])
+    tags = {k: str(v) for k, v in facts.items() if k in _META_KEYS}
+    tags |= {
+        f"metric.{k}": repr(float(v))
+        for k, v in facts.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    mv = retry_locked(lambda: c.create_model_version(name, source=source, run_id=run_id, tags=tags))
+    return _version_facts(mv)
+
+
+def champion(name: str, alias: str) -> dict[str, Any] | None:
+    """The facts of the version ``name@alias``, or None when the alias (or the model) does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _version_facts(retry_locked(lambda: MlflowClient().get_model_version_by_alias(name, alias)))
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: int) -> None:
+    from mlflow import MlflowClient
+
+    retry_locked(lambda: MlflowClient().set_registered_model_alias(name, alias, str(version)))
+
+
+def download_champion(name: str, alias: str, dst: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fetch ``models:/name@alias``'s checkpoint folder; returns (local folder, version facts).
+
+    Raises:
+        TrackingError: no such model or alias in the store.
+    """
+    import mlflow
+
+    facts = champion(name, alias)
+    if facts is None:
+        raise TrackingError(
+            f"no model {name}@{alias} in {mlflow.get_tracking_uri()}: run the pipeline (`dvc repro` or "
+            "`make demo`) so that `ganops promote` registers and promotes a generator"
+        )
+    # by version, not alias: the alias may move between the two calls, and facts and weights must agree
+    return download_version(name, facts["version"], dst), facts
+
+
+def download_version(name: str, version: int, dst: Path | None = None) -> Path:
+    """Fetch the checkpoint folder of ``models:/name/version`` (a registered version never changes)."""
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(
+        f"models:/{name}/{version}", dst_path=str(dst) if dst else None
+    )
+    return Path(path)
+
+
+def model_versions(name: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The facts of the newest ``limit`` registered versions of ``name`` (newest first; [] if none)."""
+    from mlflow import MlflowClient
+
+    mvs = MlflowClient().search_model_versions(f"name='{name}'")
+    return sorted((_version_facts(mv) for mv in mvs), key=lambda f: -f["version"])[:limit]
+
+
+# ----------------------------------------------------------------------------- style nets
+
+
+def register_folder(run_id: str, artifact_path: str, name: str, alias: str, tags: dict[str, Any]) -> int:
+    """Register ``runs:/<run_id>/<artifact_path>`` as a new version of ``name`` and point ``alias`` at it."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient()
+    _ensure_registered_model(c, name)
+    mv = retry_locked(lambda: c.create_model_version(name, source=f"runs:/{run_id}/{artifact_path}",
+                                                     run_id=run_id, tags={k: str(v) for k, v in tags.items()}))  # fmt: skip
+    set_alias(name, alias, int(mv.version))
+    return int(mv.version)
+
+
+def aliased_with_prefix(prefix: str, alias: str) -> dict[str, int]:
+    """{model name: version} for every registered model ``<prefix>*`` that has ``alias`` (no download)."""
+    from mlflow import MlflowClient
+
+    return {
+        rm.name: int(rm.aliases[alias])
+        for rm in MlflowClient().search_registered_models(f"name LIKE '{prefix}%'")
+        if alias in (rm.aliases or {})
+    }
+
+
+def registered_with_prefix(prefix: str, alias: str) -> dict[str, Path]:
+    """{model name: local folder} for every registered model ``<prefix>*`` that has ``alias``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    out = {}
+    for rm in MlflowClient().search_registered_models(f"name LIKE '{prefix}%'"):
+        if alias in (rm.aliases or {}):
+            out[rm.name] = Path(mlflow.artifacts.download_artifacts(f"models:/{rm.name}@{alias}"))
+    return out

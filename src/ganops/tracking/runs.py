@@ -1,0 +1,272 @@
+"""MLflow runs: who started them (RunContext), opening / continuing one, logging into it (RunLogger).
+
+A training run holds the flattened params and provenance tags; a style run holds one (content, style) pair.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganops.config import Params
+from ganops.tracking.store import (
+    TrackingError,
+    _already_exists,
+    project_root,
+    retry_locked,
+    tracking_uri,
+    use_store,
+)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who started a piece of work: passed as a value from the CLI and the flows down to every MLflow run
+    (never through process-wide state, so concurrent flow runs and in-process callers cannot mix them up).
+
+    Attributes:
+        entry_point: ``cli``, ``dvc``, ``prefect`` (or ``test`` / ``bench``); tag ``entry_point``.
+        flow_run_id: the Prefect flow run, if any; tag ``prefect_flow_run_id``.
+        dvc_exp_name: the DVC experiment, if any; tag ``dvc_exp_name``.
+    """
+
+    entry_point: str = "cli"
+    flow_run_id: str | None = None
+    dvc_exp_name: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        tags = {"entry_point": self.entry_point}
+        if self.flow_run_id:
+            tags["prefect_flow_run_id"] = self.flow_run_id
+        if self.dvc_exp_name:
+            tags["dvc_exp_name"] = self.dvc_exp_name
+        return tags
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's commit (suffixed ``-dirty`` when tracked files changed), or ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+class RunLogger:
+    """Callbacks for the training loop that log into one MLflow run (by id: safe from any thread)."""
+
+    def __init__(self, run_id: str):
+        from mlflow import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        retry_locked(lambda: mlflow.log_metrics(metrics, step=step, run_id=self.run_id), what="log_metrics")
+
+    def on_sample(self, step: int, png: Path) -> None:
+        from PIL import Image
+
+        with Image.open(png) as im:
+            img = im.copy()
+        # key + step: MLflow's UI shows the grids on a step slider
+        retry_locked(
+            lambda: self.client.log_image(self.run_id, img, key="samples", step=step), what="log_image"
+        )
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        retry_locked(lambda: mlflow.log_metrics(metrics, run_id=self.run_id), what="log_metrics")
+
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _experiment_id(name: str, root: Path) -> str:
+    """Get or create the experiment ``name``, safe against a concurrent creator."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    # Pin a local store's artifacts to <root>/mlartifacts (MLflow's default is ./mlruns relative to the
+    # cwd); a tracking server chooses its own artifact store.
+    location = (root / "mlartifacts").as_uri() if mlflow.get_tracking_uri().startswith("sqlite:") else None
+    for _ in range(5):
+        exp = retry_locked(lambda: mlflow.get_experiment_by_name(name))
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments "
+                                    f"restore --experiment-id {exp.experiment_id}`) or set tracking.experiment")  # fmt: skip
+            return exp.experiment_id
+        try:
+            return retry_locked(lambda: mlflow.create_experiment(name, artifact_location=location))
+        except MlflowException as err:
+            if not _already_exists(err):
+                raise
+            # another process created it between our look and our create: look again
+    raise TrackingError(f"could not get or create MLflow experiment {name!r}")
+
+
+@contextmanager
+def _ending(run: Any) -> Iterator[None]:
+    """End the active ``run`` like ``with run:`` does (FINISHED, or FAILED / KILLED on an exception), with
+    the status write retried while sqlite is locked (it is the last write of every run)."""
+    import mlflow
+
+    status = "FINISHED"
+    try:
+        yield
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        retry_locked(lambda: mlflow.end_run(status), what="end_run")
+
+
+def _run_finished(client: Any, run: Any) -> bool:
+    """A run is finished (and so frozen) once it ended normally or its export was logged."""
+    return run.info.status == "FINISHED" or bool(client.list_artifacts(run.info.run_id, "checkpoint"))
+
+
+@contextmanager
+def start_run(
+    params: Params,
+    *,
+    ctx: RunContext,
+    data_hash: str,
+    run_name: str | None = None,
+    resume_run_id: str | None = None,
+    root: Path | None = None,
+) -> Iterator[RunLogger]:
+    """Open an MLflow run with flattened params and provenance tags; continue an unfinished one.
+
+    A finished run is a recorded fact: training that goes on from its checkpoint (more ``gan.steps``, a retry
+    after success, another experiment) gets a new run tagged ``resumed_from`` = that run. Only a run that
+    never finished (interrupted, killed) is continued, so its artifacts are written exactly once.
+
+    Args:
+        params: all parameters, logged flattened (``gan.lr_d``).
+        ctx: who started it (entry point, flow run, DVC experiment), logged as tags.
+        data_hash: the prepared dataset's content hash, logged as tag ``dataset_hash``.
+        run_name: optional run name.
+        resume_run_id: the run of the checkpoint training resumes from, if any.
+        root: project root (default :func:`project_root`).
+
+    Raises:
+        TrackingError: the store cannot be reached (checked before the run opens).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    root = root or project_root()
+    use_store(root)
+    exp_id = _experiment_id(params.tracking.experiment, root)
+    client = MlflowClient()
+    run, resumed_from = None, None
+    if resume_run_id:
+        try:
+            prev = client.get_run(resume_run_id)
+        except MlflowException:
+            prev = None  # a checkpoint from another store: start a new run
+        if prev is not None and prev.info.experiment_id == exp_id:
+            if _run_finished(client, prev):
+                resumed_from = resume_run_id
+            else:
+                run = retry_locked(lambda: mlflow.start_run(run_id=resume_run_id))
+    continued = run is not None
+    if run is None:
+        run = retry_locked(lambda: mlflow.start_run(experiment_id=exp_id, run_name=run_name))
+    with _ending(run):
+        if not continued:
+            retry_locked(lambda: mlflow.log_params(params.flat()))
+        tags = {
+            "git_commit": git_commit(root),
+            "dataset_hash": data_hash,
+            "data_source": params.data.source,
+            **ctx.tags(),
+        }
+        if resumed_from:
+            tags["resumed_from"] = resumed_from
+        retry_locked(lambda: mlflow.set_tags(tags))
+        yield RunLogger(run.info.run_id)
+
+
+# ----------------------------------------------------------------------------- runs after training
+
+
+def require_run(run_id: str | None, what: str) -> str:
+    """The run id, checked to exist in the current store; else a TrackingError saying what to do."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        raise TrackingError(f"{what} names no MLflow run: train it again with `ganops train-gan`")
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"{what} was logged to MLflow run {run_id}, which is not in {tracking_uri()}: "
+            "use the store it was trained with (MLFLOW_TRACKING_URI) or train again"
+        ) from None
+    return run_id
+
+
+def log_to_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+    """Add metrics and tags to an existing (possibly finished) run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    retry_locked(lambda: MlflowClient().log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+    ))  # fmt: skip
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """The params a run was logged with (flattened keys)."""
+    from mlflow import MlflowClient
+
+    return dict(retry_locked(lambda: MlflowClient().get_run(run_id)).data.params)
+
+
+# ----------------------------------------------------------------------------- style transfer
+
+
+@contextmanager
+def style_run(
+    params: Params, *, ctx: RunContext, style: str, content: str, extractor: str, root: Path | None = None
+) -> Iterator[RunLogger]:
+    """One MLflow run per (content, style) pair in the experiment ``<tracking.experiment>-stylize``."""
+    import mlflow
+
+    root = root or project_root()
+    use_store(root)
+    exp_id = _experiment_id(f"{params.tracking.experiment}-stylize", root)
+    run = retry_locked(lambda: mlflow.start_run(experiment_id=exp_id, run_name=f"{style}/{content}"))
+    with _ending(run):
+        style_params = {k: v for k, v in params.flat().items() if k.startswith(("style.", "base."))}
+        retry_locked(lambda: mlflow.log_params(style_params))
+        tags = {"style": style, "content": content, "extractor": extractor, "git_commit": git_commit(root)}
+        retry_locked(lambda: mlflow.set_tags(tags | ctx.tags()))
+        yield RunLogger(run.info.run_id)
