@@ -12,7 +12,6 @@ alias) moved; ``refresh()`` does the same on demand (POST /reload). Registry cal
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -50,14 +49,10 @@ def _load_generator(name: str, facts: dict[str, Any]) -> tuple[torch.nn.Module, 
 
 
 def _load_style(model: str, version: int) -> torch.nn.Module:
-    from ganops.models.style import TransformerConfig, TransformerNet
+    from ganops.models.style import load_style_net
     from ganops.tracking import download_version
 
-    folder = download_version(model, version)
-    cfg = json.loads((folder / "config.json").read_text())
-    net = TransformerNet(TransformerConfig(**cfg["model"]))
-    net.load_state_dict(torch.load(folder / "transformer.pt", map_location="cpu", weights_only=True))
-    return net.eval()
+    return load_style_net(download_version(model, version))
 
 
 class NoChampion(LookupError):

@@ -53,11 +53,3 @@ def test_folder_round_trip_writes_weights_files_then_config(tmp_path):
     # the style folders' layout: no final newline
     save_folder(tmp_path / "s", {}, {"method": "gatys"}, newline=False)
     assert (tmp_path / "s" / "config.json").read_text() == json.dumps({"method": "gatys"}, indent=2)
-
-
-def test_checkpoint_module_is_the_same_functions():
-    import ganops.artifacts as artifacts
-    import ganops.checkpoint as checkpoint
-
-    for name in checkpoint.__all__:
-        assert getattr(checkpoint, name) is getattr(artifacts, name)

@@ -171,3 +171,17 @@ def test_evaluate_reports_domain_and_baseline_kid():
     for m in (real, bad):
         assert math.isfinite(m["domain_kid"]) and math.isfinite(m["baseline_kid"])
     assert bad["domain_kid"] > real["domain_kid"]  # one digit only is further from the data than real digits
+
+
+def test_kid_is_the_same_for_the_same_inputs_and_leaves_the_global_generator_alone(digits):
+    # torchmetrics draws KID's subsets from torch's global generator: fid_kid seeds them, so `evaluate`
+    # writes the same metrics/evaluate.json twice (it did not: domain_kid changed run to run).
+    d, clf = digits
+    ext = FeatureExtractor(clf.net)
+    real, fake = to_float(d.images[:200]), to_float(d.images[200:400])
+    state = torch.get_rng_state()
+    a = fid_kid(ext, real, fake, kid_subset=50, batch_size=64)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(5)  # another global state
+    assert fid_kid(ext, real, fake, kid_subset=50, batch_size=64) == a
+    assert fid_kid(ext, real, fake, kid_subset=50, batch_size=64, seed=1)["kid"] != a["kid"]

@@ -24,7 +24,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from ganops.checkpoint import atomic_write, remove_stale_temps
+from ganops.artifacts import atomic_write, remove_stale_temps
 from ganops.config import DataParams
 from ganops.images import IMAGE_SUFFIXES, ImageError, open_image
 

@@ -99,9 +99,17 @@ def frechet_distance(extractor: torch.nn.Module, keep_real: bool = False) -> Fre
 
 
 def fid_kid(
-    extractor: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, kid_subset: int, batch_size: int
+    extractor: torch.nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    kid_subset: int,
+    batch_size: int,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """FID and KID (mean, std) between two image sets, both (N, C, S, S) float in [-1, 1]."""
+    """FID and KID (mean, std) between two image sets, both (N, C, S, S) float in [-1, 1].
+
+    KID averages over random subsets, which torchmetrics draws from torch's global generator: they are drawn
+    here from ``seed`` (the global generator is left as it was), so the same inputs give the same KID."""
     fid = frechet_distance(extractor)
     with warnings.catch_warnings():  # "KID keeps all features in memory": intended, sample sets are small
         warnings.simplefilter("ignore", UserWarning)
@@ -112,7 +120,9 @@ def fid_kid(
             metric.update(c, real=True)
         for c in fake.split(batch_size):
             metric.update(c, real=False)
-    kid_mean, kid_std = kid.compute()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
 
 
@@ -133,7 +143,7 @@ def evaluate_samples(
         fake: (M, C, S, S) float in [-1, 1], M >= 2.
         clf: the domain classifier (or random-feature extractor) for this data.
         p: the ``evaluate`` params group.
-        seed: splits the real data into the two baseline halves.
+        seed: splits the real data into the two baseline halves, and draws the KID subsets.
         fake_labels: (M,) the classes a conditional generator was asked for (-> label_agreement).
 
     Returns:
@@ -144,8 +154,8 @@ def evaluate_samples(
     half = len(real) // 2
     ref, other = to_float(real[perm[:half]]), to_float(real[perm[half : 2 * half]])
     ext = FeatureExtractor(clf.net)
-    gen = fid_kid(ext, ref, fake, p.kid_subset_size, p.batch_size)
-    base = fid_kid(ext, ref, other, p.kid_subset_size, p.batch_size)
+    gen = fid_kid(ext, ref, fake, p.kid_subset_size, p.batch_size, seed)
+    base = fid_kid(ext, ref, other, p.kid_subset_size, p.batch_size, seed)
     m: dict[str, Any] = {
         "extractor": clf.extractor,
         "n_generated": int(len(fake)),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.utils import make_grid
 
-from ganops.checkpoint import atomic_write
+from ganops.artifacts import atomic_write
 
 # The file types read from a folder (data's folder source, stylize's photos and paintings).
 IMAGE_SUFFIXES = frozenset(

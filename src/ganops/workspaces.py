@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ganops.checkpoint import atomic_write
+from ganops.artifacts import atomic_write
 
 FLOW_RUNS = Path(".ganops") / "flow-runs"
 DONE = "DONE.json"

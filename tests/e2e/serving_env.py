@@ -55,7 +55,7 @@ def make_champion(root: Path, uri: str) -> dict:
 
 def register_style_net(root: Path) -> None:
     """A tiny fast style net, logged and registered as ganops-style-waves@champion (as the stage does)."""
-    from ganops.checkpoint import atomic_write
+    from ganops.artifacts import atomic_write
     from ganops.config import StyleParams
     from ganops.models.style import build_vgg
     from ganops.stylize import train_fast

@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from ganops.checkpoint import load_checkpoint
+from ganops.artifacts import load_checkpoint
 from tests.e2e.project import BIN, new_project, project_env, sh
 
 pytestmark = pytest.mark.e2e

@@ -257,3 +257,15 @@ class TransformerNet(nn.Module):
             x = nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
         y = torch.sigmoid(self.net(x))  # [0, 1]
         return y[..., :H, :W]
+
+
+def load_style_net(folder: str | Path) -> TransformerNet:
+    """Rebuild a fast style net from its folder (``transformer.pt`` + ``config.json``), in eval mode on the CPU;
+    ``precision`` says how it was trained (it runs in fp32)."""
+    from ganops.artifacts import load_folder
+
+    state, config = load_folder(folder, "transformer.pt")
+    net = TransformerNet(TransformerConfig(**config["model"]))
+    net.load_state_dict(state)
+    net.precision = config.get("precision", "fp32")
+    return net.eval()

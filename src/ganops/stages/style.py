@@ -44,24 +44,18 @@ def _blend(p: Params, style: str) -> dict[str, float]:
 
 def _save_style_model(folder: Path, config: dict[str, Any], net: Any = None) -> None:
     """Write a style's model folder: the fast net's weights ``transformer.pt`` (if any), then ``config.json``."""
-    from ganops.checkpoint import atomic_write
+    from ganops.artifacts import save_folder
 
-    if net is not None:
-        atomic_write(folder / "transformer.pt", net.state_dict())
-    atomic_write(folder / "config.json", json.dumps(config, indent=2))
+    save_folder(
+        folder, {"transformer.pt": net.state_dict()} if net is not None else {}, config, newline=False
+    )
 
 
 def _load_fast_net(folder: Path) -> Any:
     """The fast net that :func:`_save_style_model` wrote to ``folder``, in eval mode on the CPU."""
-    import torch
+    from ganops.models.style import load_style_net
 
-    from ganops.models.style import TransformerConfig, TransformerNet
-
-    cfg = json.loads((folder / "config.json").read_text())
-    net = TransformerNet(TransformerConfig(**cfg["model"]))
-    net.load_state_dict(torch.load(folder / "transformer.pt", map_location="cpu", weights_only=True))
-    net.precision = cfg.get("precision", "fp32")
-    return net.eval()
+    return load_style_net(folder)
 
 
 def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunContext = RunContext(),
