@@ -65,31 +65,34 @@ def _files(c: MlflowClient, version: int, dst: Path) -> dict[str, str]:
 def test_training_on_past_a_finished_run_is_a_new_run_and_version(repo, tmp_path):
     d, env = repo
     c = _client(d)
-    v1 = c.get_model_version("ganops-generator", "1")
+    v1 = c.get_model_version("ganops-generator", "1")  # the baseline's (the module's other test may add more)
     before = _files(c, 1, tmp_path / "v1-before")
+    exp_id = c.get_experiment_by_name("ganops").experiment_id
+    n_runs = len(c.search_runs([exp_id]))
+    n_versions = len(c.search_model_versions("name='ganops-generator'"))
+    champion_before = int(c.get_model_version_by_alias("ganops-generator", "champion").version)
 
     out = sh(["dvc", "exp", "run", "-S", "gan.steps=12"], d, env)
     assert "resuming from" in out.stdout + out.stderr  # the 6-step checkpoint was continued ...
-    runs = c.search_runs(
-        [c.get_experiment_by_name("ganops").experiment_id], order_by=["attributes.start_time ASC"]
-    )
-    assert len(runs) == 2
-    first, second = runs
-    assert first.info.run_id == v1.run_id and first.data.params["gan.steps"] == "6"
+    new = c.search_runs([exp_id], order_by=["attributes.start_time ASC"])[n_runs:]
+    assert len(new) == 1  # ... into exactly one new run
+    first, second = c.get_run(v1.run_id), new[0]
+    assert first.data.params["gan.steps"] == "6"
     # ... into a new run that says where it started, with its own params and experiment name
     assert second.data.tags["resumed_from"] == first.info.run_id and second.data.params["gan.steps"] == "12"
     assert second.data.tags["dvc_exp_name"] and second.data.metrics["resumed_from_step"] == 6
 
     v2 = c.search_model_versions(f"name='ganops-generator' and run_id='{second.info.run_id}'")
-    assert len(v2) == 1 and int(v2[0].version) == 2
+    assert len(v2) == 1 and int(v2[0].version) == n_versions + 1
     assert _files(c, 1, tmp_path / "v1-after") == before  # v1's files never changed
-    assert _files(c, 2, tmp_path / "v2")["generator.pt"] != before["generator.pt"]
+    assert _files(c, int(v2[0].version), tmp_path / "v2")["generator.pt"] != before["generator.pt"]
     # every version's tags describe its own weights: each run's evaluation, compared by promote
     for mv, run in ((v1, first), (v2[0], second)):
         assert float(c.get_model_version("ganops-generator", mv.version).tags["metric.domain_fid"]) == pytest.approx(
             c.get_run(run.info.run_id).data.metrics["domain_fid"])  # fmt: skip
     decision = json.loads((d / "metrics/promote.json").read_text())
-    assert decision["candidate"]["version"] == 2 and decision["champion"]["version"] == 1
+    assert decision["candidate"]["version"] == int(v2[0].version)
+    assert decision["champion"]["version"] == champion_before
     better = decision["candidate"]["domain_fid"] < decision["champion"]["domain_fid"]
     assert decision["promote"] == better, decision["reason"]
 
