@@ -30,10 +30,13 @@ class _Job:
 
 
 def forward(G: torch.nn.Module, z: np.ndarray) -> np.ndarray:
-    """(B, Z) float32 latents -> (B, S, S, C) uint8 images."""
-    with torch.inference_mode():
-        x = G(torch.from_numpy(z))  # (B, C, S, S) in [-1, 1]; eval mode: samples are independent
-    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """(B, Z) float32 latents -> (B, S, S, C) uint8 images, on G's device (CUDA: bf16 autocast)."""
+    device = next(G.parameters()).device
+    cuda = device.type == "cuda"
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        x = G(torch.from_numpy(z).to(device))  # (B, C, S, S) in [-1, 1]; eval mode: samples are independent
+    x = x.float() if cuda else x
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class Batcher:

@@ -37,11 +37,15 @@ class Served:
         return int(self.facts["version"])
 
 
-def _load_generator(name: str, facts: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _load_generator(
+    name: str, facts: dict[str, Any], device: torch.device
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     from ganops.models.gan import load_generator
     from ganops.tracking import download_version
 
-    G = load_generator(download_version(name, facts["version"]))
+    G = load_generator(download_version(name, facts["version"]), device=device)
+    if device.type == "cuda":  # NHWC: what tensor-core convolutions want
+        G = G.to(memory_format=torch.channels_last)
     cfg = G.cfg
     shape = {"image_size": cfg.image_size, "channels": cfg.channels, "latent_dim": cfg.latent_dim,
              "class_counts": list(cfg.class_counts)}  # fmt: skip
@@ -62,11 +66,12 @@ class NoChampion(LookupError):
 class Follower:
     """Loads ``name@alias`` (+ every ``ganops-style-*@alias``) at start and follows the aliases."""
 
-    def __init__(self, name: str, alias: str, poll_s: float) -> None:
+    def __init__(self, name: str, alias: str, poll_s: float, device: torch.device | None = None) -> None:
         from ganops.tracking import champion, use_store
 
         use_store()
         self.name, self.alias, self.poll_s = name, alias, poll_s
+        self.device = device or torch.device("cpu")  # the generator's; style nets stay on the CPU
         self._lock = threading.Lock()  # one refresh at a time (poll thread vs POST /reload)
         facts = champion(name, alias)
         if facts is None:
@@ -74,7 +79,7 @@ class Follower:
                 f"no model {name}@{alias} in the MLflow store: run the pipeline (`dvc repro` or `make demo`) "
                 "so that `ganops promote` registers and promotes a generator"
             )
-        G, shape = _load_generator(name, facts)
+        G, shape = _load_generator(name, facts, self.device)
         self.current = self._with_styles(Served(G, facts, shape))
         self.versions = self._versions()
         self.last_check = time.time()
@@ -119,7 +124,7 @@ class Follower:
             if facts["version"] == cur.version:
                 G, shape = cur.G, cur.shape
             else:
-                G, shape = _load_generator(self.name, facts)
+                G, shape = _load_generator(self.name, facts, self.device)
             new = self._with_styles(Served(G, facts, shape))
             self.current = new  # the switch: one reference assignment
             log.info("now serving %s v%s (was v%s), styles %s", self.name, new.version, cur.version,

@@ -10,7 +10,7 @@ then follows the alias (``serving.champion``). Requests are screened by ``servin
 Settings (environment; the README lists them with their defaults): MLFLOW_TRACKING_URI,
 GANOPS_MODEL_NAME, GANOPS_MODEL_ALIAS, GANOPS_MAX_N, GANOPS_MAX_BODY_BYTES, GANOPS_MAX_UPLOAD_BYTES,
 GANOPS_MAX_PIXELS, GANOPS_MIN_SIDE, GANOPS_STYLE_MAX_SIDE, GANOPS_POLL_SECONDS, GANOPS_ALLOWED_HOSTS,
-GANOPS_ALLOWED_ORIGINS, GANOPS_MAX_BATCH, GANOPS_TORCH_THREADS, GANOPS_ACCESS_LOG, GANOPS_TRACING.
+GANOPS_ALLOWED_ORIGINS, GANOPS_MAX_BATCH, GANOPS_TORCH_THREADS, GANOPS_ACCESS_LOG, GANOPS_TRACING, GANOPS_DEVICE.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from bentoml.validators import ContentType
 from pydantic import Field, StrictInt
 from starlette.responses import JSONResponse, Response
 
+from ganops.devices import DeviceError, resolve_device
 from ganops.images import to_tensor, to_uint8
 from serving import images
 from serving.batcher import Batcher
@@ -47,6 +48,7 @@ POLL_S = float(os.environ.get("GANOPS_POLL_SECONDS", "10"))  # 0: never look for
 HOSTS = os.environ.get("GANOPS_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
 ORIGINS = [o for o in os.environ.get("GANOPS_ALLOWED_ORIGINS", "").split(",") if o]
 MAX_BATCH = int(os.environ.get("GANOPS_MAX_BATCH", "512"))  # images per forward pass
+DEVICE = os.environ.get("GANOPS_DEVICE", "cpu")  # the generator's: cpu | auto | cuda | cuda:N
 MAX_LABEL = 1023  # the schema's bound; the champion's own class count is checked per request
 torch.set_num_threads(int(os.environ.get("GANOPS_TORCH_THREADS", max(1, min(4, os.cpu_count() or 1)))))
 # Per-request extras of BentoML that cost throughput (BENCHMARKS.md has the ratios): a log line per request
@@ -65,10 +67,10 @@ def _served_version() -> Any:
     return _follower.current.version if _follower is not None else ""
 
 
-def _refuse_to_start(err: NoChampion) -> None:
-    """No champion: say what to run and stop the whole server. Left alone, BentoML would restart this worker
-    every few seconds, forever, and the service would never become ready; a missing champion does not
-    fix itself, so the `bentoml serve` process (this worker's parent) is asked to shut down."""
+def _refuse_to_start(err: Exception) -> None:
+    """No champion, or no such device: say what to do and stop the whole server. Left alone, BentoML would
+    restart this worker every few seconds, forever, and the service would never become ready; neither
+    problem fixes itself, so the `bentoml serve` process (this worker's parent) is asked to shut down."""
     import psutil
 
     logging.getLogger("ganops.serving").error("cannot start: %s", err)
@@ -94,8 +96,9 @@ class GanService:
     def __init__(self) -> None:
         global _follower
         try:
-            self.follower = _follower = Follower(MODEL_NAME, MODEL_ALIAS, POLL_S)
-        except NoChampion as err:
+            device = resolve_device(DEVICE, what="GANOPS_DEVICE")
+            self.follower = _follower = Follower(MODEL_NAME, MODEL_ALIAS, POLL_S, device)
+        except (NoChampion, DeviceError) as err:
             _refuse_to_start(err)
         self.batcher = Batcher(MAX_BATCH, on_batch=_batch_sizes.observe)
 

@@ -16,3 +16,12 @@ def test_explicit_devices(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(DeviceError, match="'cuda:0' but CUDA is not available here"):
         resolve_device("cuda:0")
+
+
+def test_the_error_names_the_setting_that_asked(monkeypatch):
+    # the service resolves GANOPS_DEVICE with the same function: its error must name that, not base.device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="^GANOPS_DEVICE is 'cuda' but CUDA is not available here"):
+        resolve_device("cuda", what="GANOPS_DEVICE")
+    with pytest.raises(DeviceError, match="^base.device is 'cuda'"):
+        resolve_device("cuda")
