@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ganops.sheet import LABEL, PAD, SheetStyle, cell_origin, labelled_sheet
+from ganops.sheet import LABEL, PAD, SheetStyle, cell_origin, labelled_sheet, row_heights
 
 
 def solid(rgb: tuple[float, float, float], h: int = 20, w: int = 30) -> torch.Tensor:
@@ -12,17 +12,17 @@ def solid(rgb: tuple[float, float, float], h: int = 20, w: int = 30) -> torch.Te
 RED, GREEN, BLUE, YELLOW = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0)
 
 
-def mean_rgb(a: np.ndarray, row: int, col: int, tile: int, frac: float = 0.5) -> np.ndarray:
-    """Mean colour of the central ``frac`` of cell (row, col)'s bottom-anchored image square."""
-    x, y = cell_origin(row, col, tile)
+def mean_rgb(a: np.ndarray, row: int, col: int, tile: int, hs: list[int], frac: float = 0.5) -> np.ndarray:
+    """Mean colour of the central ``frac`` of the bottom rows of cell (row, col)'s image."""
+    x, y = cell_origin(row, col, tile, hs)
     m = round(tile * (1 - frac) / 2)
-    return a[y + tile - 12 : y + tile - 2, x + m : x + tile - m].reshape(-1, 3).mean(0)
+    return a[y + hs[row] - 12 : y + hs[row] - 2, x + m : x + tile - m].reshape(-1, 3).mean(0)
 
 
-def ink(a: np.ndarray, row: int, col: int, tile: int) -> int:
+def ink(a: np.ndarray, row: int, col: int, tile: int, hs: list[int]) -> int:
     """Dark pixels in cell (row, col)'s caption strip (text)."""
-    x, y = cell_origin(row, col, tile)
-    return int((a[y + tile : y + tile + LABEL, x : x + tile].max(-1) < 100).sum())
+    x, y = cell_origin(row, col, tile, hs)
+    return int((a[y + hs[row] : y + hs[row] + LABEL, x : x + tile].max(-1) < 100).sum())
 
 
 def test_styles_on_top_photos_on_the_left_results_between_all_named():
@@ -32,21 +32,27 @@ def test_styles_on_top_photos_on_the_left_results_between_all_named():
     blend = SheetStyle("mix", [("a", solid(RED), 0.7), ("b", solid(YELLOW), 0.3)], [solid(BLUE)] * 2)
     img = labelled_sheet(contents, [single, blend], tile=tile, caption="vgg19-caffe-q8\ngatys")
     a = np.asarray(img).astype(float)
-    # 3 columns (photos + 2 styles) x 3 rows (styles + 2 photos), each a tile with a caption strip under it
-    assert img.size == (PAD + 3 * (tile + PAD), PAD + 3 * (tile + LABEL + PAD))
-    assert np.allclose(mean_rgb(a, 0, 1, tile), [255, 0, 0], atol=2)  # the style image, top row
-    assert np.allclose(mean_rgb(a, 1, 0, tile), [0, 255, 0], atol=2)  # the photo, first column
-    assert np.allclose(mean_rgb(a, 2, 0, tile, 0.2), [0, 255, 0], atol=2)  # a portrait photo, centred
+    # rows: the style images a tile high; the 20x30 landscape photo's row as high as the photo at tile
+    # width (43 px, no white band above it); the portrait photo's row a tile high
+    hs = row_heights(contents, tile)
+    assert hs == [tile, 43, tile]
+    # 3 columns (photos + 2 styles) x 3 rows (styles + 2 photos), each with a caption strip under it
+    assert img.size == (PAD + 3 * (tile + PAD), PAD + 3 * (LABEL + PAD) + 2 * tile + 43)
+    assert np.allclose(mean_rgb(a, 0, 1, tile, hs), [255, 0, 0], atol=2)  # the style image, top row
+    assert np.allclose(mean_rgb(a, 1, 0, tile, hs), [0, 255, 0], atol=2)  # the photo, first column
+    x, y = cell_origin(1, 0, tile, hs)
+    assert np.allclose(a[y + 1 : y + 42, x + 1 : x + tile - 1], [0, 255, 0], atol=2)  # filling its cell
+    assert np.allclose(mean_rgb(a, 2, 0, tile, hs, 0.2), [0, 255, 0], atol=2)  # a portrait photo, centred
     for r in (1, 2):
         for c in (1, 2):
-            assert np.allclose(mean_rgb(a, r, c, tile), [0, 0, 255], atol=2)  # results in between
+            assert np.allclose(mean_rgb(a, r, c, tile, hs), [0, 0, 255], atol=2)  # results in between
     # the blend shows both its images side by side, left half red, right half yellow
-    x, y = cell_origin(0, 2, tile)
+    x, y = cell_origin(0, 2, tile, hs)
     assert np.allclose(a[y + tile - 5, x + tile // 4], [255, 0, 0], atol=2)
     assert np.allclose(a[y + tile - 5, x + 3 * tile // 4], [255, 255, 0], atol=2)
-    assert all(ink(a, 0, c, tile) > 20 for c in (1, 2))  # style names
-    assert all(ink(a, r, 0, tile) > 20 for r in (1, 2))  # photo names
-    assert ink(a, 1, 1, tile) == 0  # results carry no caption
+    assert all(ink(a, 0, c, tile, hs) > 20 for c in (1, 2))  # style names
+    assert all(ink(a, r, 0, tile, hs) > 20 for r in (1, 2))  # photo names
+    assert ink(a, 1, 1, tile, hs) == 0  # results carry no caption
     assert (a[PAD : PAD + tile, PAD : PAD + tile].max(-1) < 100).sum() > 20  # the corner caption
 
 

@@ -1,6 +1,6 @@
 """The style-transfer contact sheet a person can read without the params file.
 
-Layout (every cell a ``tile`` x ``tile`` square with a ``LABEL`` px caption strip under it)::
+Layout (every cell ``tile`` px wide with a ``LABEL`` px caption strip under it)::
 
     caption      | style 1      | style 2      ...     top row: the style images (a blend shows its
     (extractor)  | name (+ w's) | name (+ w's)           images side by side, with their weights)
@@ -8,7 +8,9 @@ Layout (every cell a ``tile`` x ``tile`` square with a ``LABEL`` px caption stri
     photo 1      | result 1,1   | result 1,2           first column: the content photos, named
     photo 2      | result 2,1   | ...
 
-Images are (1, 3, H, W) float in [0, 1]; each is scaled to fit its square (aspect kept, white margins).
+The top row is ``tile`` px high; each photo's row is as high as the photo at ``tile`` px wide (at most
+``tile``), so a landscape photo's row has no white band above it. Images are (1, 3, H, W) float in [0, 1];
+each is scaled to fit its cell (aspect kept, white margins).
 """
 
 from __future__ import annotations
@@ -65,9 +67,15 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width: int)
     draw.text(xy, text, fill=(20, 20, 20), font=font)
 
 
-def cell_origin(row: int, col: int, tile: int) -> tuple[int, int]:
-    """Top-left (x, y) of the image square of cell (row, col); row 0 = style images, col 0 = photos."""
-    return PAD + col * (tile + PAD), PAD + row * (tile + LABEL + PAD)
+def row_heights(contents: list[tuple[str, torch.Tensor]], tile: int) -> list[int]:
+    """Image height of each row in px: ``tile`` for the style images, then each photo's height at ``tile``
+    px wide, at most ``tile`` (its results have its shape)."""
+    return [tile] + [min(tile, max(1, round(tile * img.shape[-2] / img.shape[-1]))) for _, img in contents]
+
+
+def cell_origin(row: int, col: int, tile: int, heights: list[int]) -> tuple[int, int]:
+    """Top-left (x, y) of the image of cell (row, col); row 0 = style images, col 0 = photos."""
+    return PAD + col * (tile + PAD), PAD + sum(h + LABEL + PAD for h in heights[:row])
 
 
 def labelled_sheet(
@@ -85,21 +93,22 @@ def labelled_sheet(
         caption: text for the top-left corner (e.g. the feature extractor and method); lines split on "\\n".
 
     Returns:
-        An RGB image of (len(styles) + 1) x (len(contents) + 1) cells.
+        An RGB image of (len(styles) + 1) x (len(contents) + 1) cells (geometry: :func:`cell_origin`).
     """
     for s in styles:
         if len(s.results) != len(contents):
             raise ValueError(f"style {s.name!r} has {len(s.results)} results for {len(contents)} photos")
+    heights = row_heights(contents, tile)
     W = PAD + (len(styles) + 1) * (tile + PAD)
-    H = PAD + (len(contents) + 1) * (tile + LABEL + PAD)
+    H = PAD + sum(h + LABEL + PAD for h in heights)
     sheet = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(sheet)
 
     def put(row: int, col: int, img: Image.Image, label: str) -> None:
-        x, y = cell_origin(row, col, tile)
+        x, y = cell_origin(row, col, tile, heights)
         sheet.paste(img, (x, y))
         if label:
-            _text(draw, (x + 2, y + tile + 2), label, tile - 4)
+            _text(draw, (x + 2, y + heights[row] + 2), label, tile - 4)
 
     for i, line in enumerate(caption.splitlines()[: tile // (FONT_SIZE + 4)]):
         _text(draw, (PAD + 2, PAD + 2 + i * (FONT_SIZE + 4)), line, tile - 4)
@@ -111,7 +120,7 @@ def labelled_sheet(
             strip.paste(_fit(to_pil(img), x1 - x0, tile), (x0, 0))
         put(0, c, strip, s.label)
         for r, res in enumerate(s.results, start=1):
-            put(r, c, _fit(to_pil(res), tile, tile), "")
+            put(r, c, _fit(to_pil(res), tile, heights[r]), "")
     for r, (name, img) in enumerate(contents, start=1):
-        put(r, 0, _fit(to_pil(img), tile, tile), name)
+        put(r, 0, _fit(to_pil(img), tile, heights[r]), name)
     return sheet
