@@ -30,3 +30,33 @@ def test_rebuilt_job_stylises_exactly_like_the_setup_one(tmp_path, isolated_trac
     assert again.net is not None and again.net.precision == made.net.precision
     img = load_image(made.contents[0], p.style.max_side)
     assert torch.equal(fast_stylize(again.net, img), fast_stylize(made.net, img))
+
+
+def test_fast_setup_decodes_each_photo_once_and_a_bad_one_stops_it_before_outputs_go(
+    tmp_path, isolated_tracking, monkeypatch
+):
+    from ganops import stylize
+
+    shutil.copytree(ROOT / "data/paintings", tmp_path / "data/paintings")
+    shutil.copytree(ROOT / "data/photos", tmp_path / "data/photos")
+    p = load_params(PARAMS, TINY)
+    at = stages.Layout(root=tmp_path, tracking_root=tmp_path)
+    opened: list[str] = []
+    real = stylize.open_image
+    monkeypatch.setattr(
+        stylize, "open_image", lambda path, **kw: opened.append(Path(path).name) or real(path, **kw)
+    )
+    stages.stylize_setup(p, "shipwreck", at, progress=False)
+    assert sorted(opened) == ["china.jpg", "flower.jpg", "shipwreck.jpg"]  # each photo, the painting: once
+
+    kept = at.stylized / "shipwreck" / "earlier.png"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(b"an earlier result")
+    (tmp_path / "data/photos/broken.jpg").write_bytes(b"\xff\xd8 nope")
+    try:
+        stages.stylize_setup(p, "shipwreck", at, progress=False)
+    except stylize.StyleError as err:
+        assert "broken.jpg: not an image" in str(err)
+    else:
+        raise AssertionError("a corrupt photo must stop the setup")
+    assert kept.read_bytes() == b"an earlier result"  # nothing cleared before the inputs were checked

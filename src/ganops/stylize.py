@@ -10,7 +10,7 @@ image at any size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,6 +320,18 @@ def style_files(style_dir: Path, blend: dict[str, float]) -> list[tuple[Path, fl
     return [(files[stem], w) for stem, w in blend.items()]
 
 
+def load_contents(files: list[Path], sp: StyleParams) -> Iterator[torch.Tensor]:
+    """Each content photo in ``files``, loaded in turn (at most ``sp.max_side``).
+
+    Raises:
+        StyleError: no photos at all, or an unreadable one (named in the message).
+    """
+    if not files:
+        raise StyleError(f"no images in {sp.content_dir}/")
+    for f in files:
+        yield load_image(f, sp.max_side)
+
+
 def style_inputs(
     sp: StyleParams, blend: dict[str, float], root: Path, *, check_contents: bool = True
 ) -> tuple[list[Path], list[tuple[torch.Tensor, float]]]:
@@ -330,7 +342,8 @@ def style_inputs(
         blend: {style file stem: weight}, one entry of ``style.styles``.
         root: the project root.
         check_contents: fail on an empty content folder and load every photo once, so that a bad file is
-            reported before any work starts (a stage's setup); off to rebuild a job that setup checked.
+            reported before any work starts (a stage's setup); off to rebuild a job that setup checked, or
+            when the caller loads them all itself through :func:`load_contents` (a fast net's training).
 
     Returns:
         (content files, [(style image (1, 3, H, W) in [0, 1], blend weight)]).
@@ -340,9 +353,7 @@ def style_inputs(
     """
     contents = list_images(root / sp.content_dir)
     if check_contents:
-        if not contents:
-            raise StyleError(f"no images in {sp.content_dir}/")
-        for f in contents:  # every photo must load before any work starts
-            load_image(f, sp.max_side)
+        for _ in load_contents(contents, sp):  # every photo must load before any work starts
+            pass
     styles = [(load_image(f, sp.max_side), w) for f, w in style_files(root / sp.style_dir, blend)]
     return contents, styles

@@ -62,20 +62,21 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunConte
                   progress: bool = True, echo: Callable[[str], None] = log.info) -> StyleJob:  # fmt: skip
     """Validate and load one style's inputs, clear its outputs, train + register its fast net if asked."""
     from ganops.models.style import build_vgg
-    from ganops.stylize import load_image, style_inputs, train_fast
+    from ganops.stylize import load_contents, style_inputs, train_fast
     from ganops.tracking import register_folder, style_run
 
     sp = p.style
     blend = _blend(p, style)
-    contents, styles = style_inputs(sp, blend, at.root)
+    fast = sp.method == "fast"
+    contents, styles = style_inputs(sp, blend, at.root, check_contents=not fast)
+    imgs = list(load_contents(contents, sp)) if fast else []  # a fast net trains on every photo
     vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
     log.info("feature extractor: %s", vgg.name)  # never hide the offline fallback
     out, models = at.stylized / style, at.style_models / style
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(models, ignore_errors=True)
     job = StyleJob(style, contents, styles, vgg)
-    if sp.method == "fast":
-        imgs = [load_image(f, sp.max_side) for f in contents]
+    if fast:
         with style_run(p, ctx=ctx, style=style, content="(training)", extractor=vgg.name,
                        root=at.tracking) as run:  # fmt: skip
             job.net = train_fast(
