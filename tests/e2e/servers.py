@@ -5,9 +5,12 @@ from __future__ import annotations
 import http.client
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 class PortTaken(RuntimeError):
@@ -69,3 +72,45 @@ def start_server(
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def prefect_server(cwd: Path, env: dict, log: Path) -> Iterator[str]:
+    """`prefect server start` on a free loopback port (output to ``log``), stopped on exit; yields its API
+    URL (``PREFECT_API_URL`` for the clients)."""
+    with open(log, "w") as out:
+
+        def launch(port: int) -> subprocess.Popen:
+            return subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                    cwd=cwd, env=env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
+                                    stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+        server, port = start_server(launch, "/api/health")
+        try:
+            yield f"http://127.0.0.1:{port}/api"
+        finally:
+            stop(server)
+
+
+@contextmanager
+def flows_served(cwd: Path, env: dict, log: Path) -> Iterator[subprocess.Popen]:
+    """`python -m flows.serve` in ``cwd`` (the project's deployments, as `make flows-serve` runs them),
+    output to ``log``, stopped on exit."""
+    with open(log, "w") as out:
+        served = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=cwd, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            yield served
+        finally:
+            stop(served)
+
+
+def run_deployment(cmd: list[str], cwd: Path, env: dict, tries: int = 60) -> subprocess.CompletedProcess:
+    """``cmd`` (a `prefect deployment run ...`), again while the deployment is not found yet: it appears a
+    moment after `flows.serve` starts."""
+    for _ in range(tries):
+        r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        if "not found" not in (r.stdout + r.stderr).lower():
+            return r
+        time.sleep(1)
+    return r

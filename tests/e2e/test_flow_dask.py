@@ -9,13 +9,12 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.project import new_project, project_env, sh
-from tests.e2e.servers import free_port, start_server, stop
+from tests.e2e.project import new_project, project_env
+from tests.e2e.servers import flows_served, free_port, prefect_server, run_deployment, stop
 from tests.e2e.test_flows import STYLE_TINY
 
 pytestmark = pytest.mark.e2e
@@ -53,35 +52,23 @@ def test_style_transfer_on_dask(tmp_path, where):
         params["style"].update(size=32, steps=3, style_layers={"relu1_1": 1.0, "relu2_1": 1.0})
 
     new_project(d, env, edit, copy=("flows", "src"))
-    with open(home / "server.log", "w") as slog, open(home / "serve.log", "w") as flog:
-
-        def launch(port: int) -> subprocess.Popen:
-            return subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                    cwd=d, env=env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
-                                    stdout=slog, stderr=subprocess.STDOUT)  # fmt: skip
-
-        server, port = start_server(launch, "/api/health")
-        served, dask = None, []
-        try:
-            env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-            served = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=d, env=env, stdout=flog,
-                                      stderr=subprocess.STDOUT)  # fmt: skip
-            if where == "local_cluster":
-                fan_out = "dask_workers=2"
-            else:
-                address, dask = _scheduler(d, env, home)
-                fan_out = f"dask_address={address}"
-            cmd = ["prefect", "deployment", "run", "style-transfer/local", "--param", f"overrides={json.dumps(STYLE_TINY)}",
-                   "--param", fan_out, "--watch", "--watch-timeout", "500"]  # fmt: skip
-            for _ in range(60):  # the deployment appears a moment after flows.serve starts
-                r = sh(cmd, d, env, check=False)
-                if "not found" not in (r.stdout + r.stderr).lower():
-                    break
-            assert r.returncode == 0, r.stdout + r.stderr + (home / "serve.log").read_text()[-4000:]
-        finally:
-            for proc in [*reversed(dask), *([served] if served is not None else [])]:
-                stop(proc)
-            stop(server)
+    dask: list[subprocess.Popen] = []
+    with prefect_server(d, env, home / "server.log") as api:
+        env["PREFECT_API_URL"] = api
+        with flows_served(d, env, home / "serve.log"):
+            try:
+                if where == "local_cluster":
+                    fan_out = "dask_workers=2"
+                else:
+                    address, dask = _scheduler(d, env, home)
+                    fan_out = f"dask_address={address}"
+                r = run_deployment(["prefect", "deployment", "run", "style-transfer/local",
+                                    "--param", f"overrides={json.dumps(STYLE_TINY)}", "--param", fan_out,
+                                    "--watch", "--watch-timeout", "500"], d, env)  # fmt: skip
+                assert r.returncode == 0, r.stdout + r.stderr + (home / "serve.log").read_text()[-4000:]
+            finally:
+                for proc in reversed(dask):
+                    stop(proc)
 
     m = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout)
     assert m, r.stdout

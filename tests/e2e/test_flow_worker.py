@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from tests.e2e.project import ROOT, new_project, project_env, sh
-from tests.e2e.servers import start_server, stop
+from tests.e2e.servers import prefect_server, stop
 from tests.e2e.test_flows import TINY
 
 pytestmark = pytest.mark.e2e
@@ -44,32 +44,20 @@ def test_process_pool_worker_runs_a_deployment_and_registers_a_version(tmp_path)
     sh(["git", "add", "-A"], d, env)
     sh(["git", "commit", "-qm", "data"], d, env)
 
-    with open(home / "server.log", "w") as slog, open(home / "worker.log", "w") as wlog:
-
-        def launch(port: int) -> subprocess.Popen:
-            return subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                    cwd=d, env=env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
-                                    stdout=slog, stderr=subprocess.STDOUT)  # fmt: skip
-
-        server, port = start_server(launch, "/api/health")
-        worker = None
+    with prefect_server(d, env, home / "server.log") as api, open(home / "worker.log", "w") as wlog:
+        env["PREFECT_API_URL"] = api
+        sh(["prefect", "work-pool", "create", POOL, "--type", "process"], d, env)
+        # the recipe in prefect.yaml / README: GANOPS_PROJECT_ROOT names the folder the worker runs in
+        deploy = sh(["prefect", "--no-prompt", "deploy", "--all"], d, env | {"GANOPS_PROJECT_ROOT": str(d)})
+        assert "train-gan/local" in deploy.stdout, deploy.stdout
+        worker = subprocess.Popen(["prefect", "worker", "start", "--pool", POOL], cwd=tmp_path, env=env,
+                                  stdout=wlog, stderr=subprocess.STDOUT)  # fmt: skip
         try:
-            env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-            sh(["prefect", "work-pool", "create", POOL, "--type", "process"], d, env)
-            # the recipe in prefect.yaml / README: GANOPS_PROJECT_ROOT names the folder the worker runs in
-            deploy = sh(
-                ["prefect", "--no-prompt", "deploy", "--all"], d, env | {"GANOPS_PROJECT_ROOT": str(d)}
-            )
-            assert "train-gan/local" in deploy.stdout, deploy.stdout
-            worker = subprocess.Popen(["prefect", "worker", "start", "--pool", POOL], cwd=tmp_path, env=env,
-                                      stdout=wlog, stderr=subprocess.STDOUT)  # fmt: skip
             r = sh(["prefect", "deployment", "run", "train-gan/local", "--param", f"overrides={json.dumps(TINY)}",
                     "--watch", "--watch-timeout", "500"], d, env, check=False)  # fmt: skip
             assert r.returncode == 0, r.stdout + r.stderr + (home / "worker.log").read_text()[-4000:]
         finally:
-            if worker is not None:
-                stop(worker)
-            stop(server)
+            stop(worker)
 
     m = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout)
     assert m, r.stdout

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from PIL import Image
 from ganops import workspaces
 from ganops.data import load_prepared
 from tests.e2e.project import new_project, project_env, sh
-from tests.e2e.servers import start_server, stop
+from tests.e2e.servers import flows_served, prefect_server, run_deployment
 
 pytestmark = pytest.mark.e2e
 TINY = ["gan.steps=4", "gan.batch_size=8", "gan.ngf=4", "gan.ndf=4", "gan.latent_dim=8", "gan.sample_every=4",
@@ -62,24 +61,10 @@ def project(tmp_path_factory):
     sh(["git", "commit", "-qm", "v2"], d, env)
 
     tmp.mkdir()
-    with open(tmp / "server.log", "w") as slog, open(tmp / "serve.log", "w") as flog:
-
-        def launch(port: int) -> subprocess.Popen:
-            return subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                    cwd=d, env=env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
-                                    stdout=slog, stderr=subprocess.STDOUT)  # fmt: skip
-
-        server, port = start_server(launch, "/api/health")
-        env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-        served = None
-        try:
-            served = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=d, env=env, stdout=flog,
-                                      stderr=subprocess.STDOUT)  # fmt: skip
+    with prefect_server(d, env, tmp / "server.log") as api:
+        env["PREFECT_API_URL"] = api
+        with flows_served(d, env, tmp / "serve.log"):
             yield d, env, tmp
-        finally:
-            if served is not None:
-                stop(served)
-            stop(server)
 
 
 def _run(
@@ -88,13 +73,7 @@ def _run(
     cmd = ["prefect", "deployment", "run", deployment, "--watch", "--watch-timeout", "500"]
     for p in params:
         cmd += ["--param", p]
-    # the deployment may need a moment to appear after `flows.serve` starts
-    for _ in range(60):
-        r = sh(cmd, d, env, check=False)
-        if "not found" not in (r.stdout + r.stderr).lower():
-            return r
-        time.sleep(1)
-    return r
+    return run_deployment(cmd, d, env)
 
 
 def _flow_run_id(r: subprocess.CompletedProcess) -> str:
