@@ -23,13 +23,13 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from ganops.config import PLAIN_DCGAN, GanParams  # noqa: E402
 from ganops.train_gan import train_gan  # noqa: E402
@@ -92,35 +92,10 @@ def ddp_smoke(device_type: str) -> dict:
     return result
 
 
-def _load(base: str, seconds: float, clients: int = 16, n: int = 16) -> float:
-    """images/s of POST /generate (n images, npy) from ``clients`` keep-alive connections for ``seconds``."""
-    import http.client
-    import threading
-
-    host, port = base.removeprefix("http://").split(":")
-    count, stop, body = [0], time.time() + seconds, json.dumps({"n": n, "format": "npy"})
-    lock = threading.Lock()
-
-    def client() -> None:
-        c = http.client.HTTPConnection(host, int(port), timeout=60)
-        while time.time() < stop:
-            c.request("POST", "/generate", body, {"content-type": "application/json"})
-            r = c.getresponse()
-            r.read()
-            assert r.status == 200, r.status
-            with lock:
-                count[0] += n
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return count[0] / seconds
-
-
 def serving(device: str, seconds: float) -> dict:
     from tests.e2e.serving_env import make_champion, serve
+
+    from serve_throughput import fixed, load
 
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,8 +103,9 @@ def serving(device: str, seconds: float) -> dict:
         make_champion(Path(tmp), uri)
         for dev in dict.fromkeys(["cpu", device]):
             with serve(Path(tmp), uri, GANOPS_DEVICE=dev) as base:
-                rates[dev] = _load(base, seconds)
-    return {"generate_images_per_s": rates}
+                # serve_throughput's load: 16 keep-alive clients x n=16 npy, counts, errors, latencies
+                rates[dev] = load(int(base.rsplit(":", 1)[1]), 16, seconds, fixed(16, "npy"))
+    return {"generate": rates}
 
 
 def main() -> None:
