@@ -146,7 +146,8 @@ class GanService:
     @bentoml.api(route="/model")
     async def model_info(self) -> dict[str, Any]:
         """What is served: name, version, alias, run id, dataset hash, metrics (with their real-vs-real
-        ``baseline_*``), image shape, styles, and every registered version with its metrics."""
+        ``baseline_*``), image shape, styles, every registered version with its metrics, and where it runs
+        (the generator's device, torch threads)."""
         m = self.follower.current
         info = dict(m.facts)
         keys = ("version", "run_id", "dataset_hash", "extractor")
@@ -155,7 +156,8 @@ class GanService:
                      "metrics": {k: x for k, x in v.items() if isinstance(x, float)}}
                     for v in self.follower.versions]  # fmt: skip
         return out | {"metrics": info, "max_n": MAX_N, "styles": sorted(m.styles), "versions": versions,
-                      "poll_seconds": POLL_S}  # fmt: skip
+                      "poll_seconds": POLL_S, "device": str(self.follower.device),
+                      "torch_threads": torch.get_num_threads()}  # fmt: skip
 
     @bentoml.api(route="/reload")
     async def reload(self) -> dict[str, Any]:

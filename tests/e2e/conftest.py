@@ -17,13 +17,14 @@ def server():
     only reads (the alias never moves here; tests/e2e/test_serving_follow.py has its own server).
 
     Yields (base URL, the champion's facts). The registry is polled every second, so every test also runs
-    while the follower thread is busy.
+    while the follower thread is busy. Uploads must be at least 18 px on each side (``GANOPS_MIN_SIDE``).
     """
     tmp = Path(tempfile.mkdtemp(prefix="ganops-serve-"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     facts = make_champion(tmp, uri)
     try:
-        with serve(tmp, uri, GANOPS_POLL_SECONDS="1") as base:
+        # GANOPS_MIN_SIDE above its default (16) and under the tests' 20 px uploads: the setting is read
+        with serve(tmp, uri, GANOPS_POLL_SECONDS="1", GANOPS_MIN_SIDE="18") as base:
             yield base, facts
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

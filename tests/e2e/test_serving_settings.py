@@ -25,7 +25,7 @@ from tests.e2e.servers import free_port, stop
 from tests.e2e.serving_env import ROOT, serve
 
 LIMITS = {"GANOPS_MAX_BODY_BYTES": "300", "GANOPS_MAX_UPLOAD_BYTES": "3000", "GANOPS_MAX_BATCH": "4",
-          "GANOPS_ACCESS_LOG": "1"}  # fmt: skip
+          "GANOPS_ACCESS_LOG": "1", "GANOPS_TORCH_THREADS": "3"}  # fmt: skip  # threads: min(4, cores) by default
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +61,7 @@ def test_model_name_and_alias_settings_pick_the_served_model(plain):
     assert (info["name"], info["alias"], info["version"], info["run_id"]) == (
         "my-gen", "prod", facts["version"], facts["run_id"])  # fmt: skip
     assert not info["class_counts"]  # unconditional
+    assert (info["device"], info["torch_threads"]) == ("cpu", 3)  # GANOPS_TORCH_THREADS=3
     r = httpx.post(base + "/generate", json={"n": 4, "seed": 3}, timeout=30)
     assert r.status_code == 200 and r.headers["x-model-version"] == str(facts["version"])
 
