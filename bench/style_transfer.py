@@ -11,9 +11,10 @@ Photos: scikit-learn's two samples, plus any --photos folder; paintings: data/pa
 
 `fast`: seconds per training step of ganops' fast net (`train_fast`: TransformerNet width 32, VGG19 to
 relu5_1, content relu4_2) vs the pytorch/examples fast_neural_style training loop (bench/
-fast_neural_style_ref.py: the same TransformerNet shape, VGG16 to relu4_3, content relu2_2), same crop
-size and batch, alternating rounds in one process; then a fast net trained on the photos, its output's
-loss vs Gatys's final loss on each photo with the same weights (one loss function scores both).
+fast_neural_style_ref.py: the same TransformerNet shape, VGG16 to relu4_3, content relu2_2), the same
+whole photos at the same size and batch, alternating rounds in one process; then a fast net trained on
+the photos, its output's loss vs Gatys's final loss on each photo with the same weights (one loss function
+scores both), also on --held-out photos it never saw.
 
 `gatys` (Gatys vs the PyTorch tutorial, same weights): reference = the full VGG19 stack every evaluation,
 L-BFGS stepped until 300 evaluations, pixels clamped inside the closure; ganops = `gatys` with its
@@ -233,20 +234,18 @@ def sheets(a: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- fast nets
 
 
-def crops(contents: list[torch.Tensor], size: int, batch: int, n: int, seed: int) -> list[torch.Tensor]:
-    """``n`` batches of random ``size`` crops (from photos resized so their short side is >= size)."""
+def photo_batches(
+    contents: list[torch.Tensor], size: int, batch: int, n: int, seed: int
+) -> list[torch.Tensor]:
+    """``n`` batches of ``batch`` whole photos drawn at random, resized to long side ``size`` (as train_fast
+    takes them), cut to sides divisible by 4 (the example's net needs them); all photos must share a shape."""
     g = torch.Generator().manual_seed(seed)
-    pool = [resize_long(c, max(c.shape[-2:]) * size // min(c.shape[-2:]) + 1) for c in contents]
-    out = []
-    for _ in range(n):
-        b = []
-        for _ in range(batch):
-            c = pool[int(torch.randint(len(pool), (1,), generator=g))]
-            i = int(torch.randint(c.shape[-2] - size + 1, (1,), generator=g))
-            j = int(torch.randint(c.shape[-1] - size + 1, (1,), generator=g))
-            b.append(c[..., i : i + size, j : j + size])
-        out.append(torch.cat(b))
-    return out
+    pool = [resize_long(c, size) for c in contents]
+    pool = [c[..., : c.shape[-2] // 4 * 4, : c.shape[-1] // 4 * 4] for c in pool]
+    return [
+        torch.cat([pool[i] for i in torch.randint(len(pool), (batch,), generator=g).tolist()])
+        for _ in range(n)
+    ]
 
 
 def fast(a: argparse.Namespace) -> dict:
@@ -256,9 +255,9 @@ def fast(a: argparse.Namespace) -> dict:
     p = StyleParams.model_validate({"weights": a.weights[0], "size": a.size, "steps": a.steps,
                                     "fast_batch_size": a.batch})  # fmt: skip
     vgg = build_vgg(p.weights, [p.content_layer, *p.style_layers])
-    # (1) step time: alternating rounds, the same crop size and batch; the reference gets its batches
-    # ready-made (its data loading is not timed), ganops' train_fast samples its own crops inside the step.
-    batches = crops(contents, a.size, a.batch, a.time_steps, seed=1)
+    # (1) step time: alternating rounds, the same photos, size and batch; the reference gets its batches
+    # ready-made (its data loading is not timed), ganops' train_fast draws its own inside the step.
+    batches = photo_batches(contents, a.size, a.batch, a.time_steps, seed=1)
     ref_s, ours_s = [], []
     for _ in range(a.rounds):
         ref_s.append(fns_ref.train_steps([b * 255 for b in batches], resize_long(style, a.size) * 255))
@@ -279,7 +278,12 @@ def fast(a: argparse.Namespace) -> dict:
         net = train_fast(contents, [(style, 1.0)], vgg, q, progress=True)
         res["train_seconds"] = time.perf_counter() - t0
         res["pairs"] = {}
-        for photo, c in named:
+        held_out = (
+            [(f"{f.stem} (held out)", load_image(f, 512)) for f in list_images(a.held_out)]
+            if a.held_out
+            else []
+        )
+        for photo, c in named + held_out:
             fast_img = fast_stylize(net, resize_long(c, p.size))
             g = gatys(c, [(style, 1.0)], vgg, p)
             f_loss, g_loss = pair_score(fast_img, c, style, vgg, p), pair_score(g.image, c, style, vgg, p)
@@ -289,6 +293,8 @@ def fast(a: argparse.Namespace) -> dict:
                 "loss_ratio": f_loss["total"] / g_loss["total"],
             }
             print(photo, res["pairs"][photo], flush=True)
+            if "held out" in photo:  # scored only: held-out photos are not the project's to publish
+                continue
             save_jpg(labelled_sheet([(photo, c)], [SheetStyle("fast", [(a.style, style, 1.0)], [fast_img]),
                                                    SheetStyle("gatys", [(a.style, style, 1.0)], [g.image])],
                                     tile=256, caption=f"{vgg.name}\nfast {a.train_steps} steps\nvs gatys {p.steps} evals"),
@@ -327,6 +333,7 @@ def main() -> None:
     f.add_argument(
         "--train-steps", type=int, default=0, help="> 0: also train a fast net and compare with Gatys"
     )
+    f.add_argument("--held-out", type=Path, help="photos the fast net is not trained on, scored the same way")
     a = ap.parse_args()
     torch.manual_seed(0)
     res = {"gatys": gatys_vs_tutorial, "sheets": sheets, "fast": fast}[a.cmd](a)

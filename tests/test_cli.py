@@ -219,12 +219,16 @@ def test_stylize_and_sheet(project, isolated_tracking):
     assert (project / "models/style/shipwreck/transformer.pt").is_file()
     from PIL import Image
 
-    out = Image.open(project / "data/stylized/shipwreck/flower.png")
-    src = Image.open(project / "data/photos/flower.jpg")
-    assert out.size == src.size  # the fast net styles at full size
+    fast_out = Image.open(project / "data/stylized/shipwreck/flower.png")
+    gatys_out = Image.open(project / "data/stylized/starry_night/flower.png")
+    assert fast_out.size == gatys_out.size == (32, 21)  # both at the working size (style.size=32), as trained
     r = runner.invoke(app, ["stylize-sheet"])
     assert r.exit_code == 0 and "2 contents x 3 styles" in r.output
-    assert Image.open(project / "data/stylized_sheet.png").size == (4 + 4 * (192 + 4), 4 + 3 * (192 + 18 + 4))
+    # 4 columns of 192 px; the paintings' row 192 px high, each 512x342 photo's row 128 px (+ caption strips)
+    assert Image.open(project / "data/stylized_sheet.png").size == (
+        4 + 4 * (192 + 4),
+        4 + (192 + 18 + 4) + 2 * (128 + 18 + 4),
+    )
     c = MlflowClient(isolated_tracking)
     exp = c.get_experiment_by_name("ganops-stylize")
     assert len(c.search_runs([exp.experiment_id])) == 2 + 2 * (

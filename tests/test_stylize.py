@@ -103,6 +103,22 @@ def test_train_fast_lowers_its_loss(vgg, precision):
     assert net.precision == precision and next(net.parameters()).dtype == torch.float32  # weights stay fp32
 
 
+def test_train_fast_takes_whole_photos_at_the_working_size(vgg, monkeypatch):
+    # photos of two shapes: each step's draw goes through the net one batch per shape, each photo whole,
+    # resized as gatys sizes its content (long side = style.size)
+    seen: list[tuple[int, ...]] = []
+    forward = TransformerNet.forward
+    monkeypatch.setattr(
+        TransformerNet, "forward", lambda net, x: seen.append(tuple(x.shape)) or forward(net, x)
+    )
+    p = P.model_copy(update={"fast_steps": 3, "fast_batch_size": 4, "fast_width": 4})
+    train_fast(
+        [torch.rand(1, 3, 40, 64), torch.rand(1, 3, 96, 72)], [(torch.rand(1, 3, 32, 32), 1.0)], vgg, p
+    )
+    assert {shape[1:] for shape in seen} == {(3, 20, 32), (3, 32, 24)}  # 40x64 and 96x72 at long side 32
+    assert sum(shape[0] for shape in seen) == 3 * 4  # fast_batch_size photos per step
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")

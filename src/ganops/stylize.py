@@ -236,9 +236,11 @@ def train_fast(
     progress: bool = False,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TransformerNet:
-    """Train a TransformerNet for one (blended) style on random ``p.size`` crops of ``contents``.
+    """Train a TransformerNet for one (blended) style on ``contents``, whole photos at the working size.
 
-    The net's ``precision`` attribute says how it was trained (:func:`fast_precision`).
+    Each step takes ``p.fast_batch_size`` photos drawn at random, each resized as :func:`gatys` sizes its
+    content (long side ``p.size``); photos of one shape go through the nets as one batch. The net's
+    ``precision`` attribute says how it was trained (:func:`fast_precision`).
     """
     bf16 = fast_precision(p.fast_precision) == "bf16"
     torch.manual_seed(seed)
@@ -246,33 +248,39 @@ def train_fast(
     net = TransformerNet(TransformerConfig(width=p.fast_width))
     opt = torch.optim.Adam(net.parameters(), lr=p.fast_lr)
     grams = style_targets(styles, vgg, list(p.style_layers), round(p.size * p.style_scale))
-    # Crops at Gatys's working scale: each photo resized so its short side is p.size, so the textures the
-    # net learns have the size they have in a Gatys result at p.size (a larger pool scale made them smaller).
-    pool = [resize_long(c, round(p.size * max(c.shape[-2:]) / min(c.shape[-2:]))) for c in contents]
-    crop = min(p.size, *(min(c.shape[-2:]) for c in pool))
-    bar = tqdm(
-        range(1, p.fast_steps + 1), desc="fast style", unit="step", disable=not progress, mininterval=1.0
-    )
-    for step in bar:
-        batch = []
-        for _ in range(p.fast_batch_size):
-            c = pool[int(torch.randint(len(pool), (1,), generator=g))]
-            i = int(torch.randint(c.shape[-2] - crop + 1, (1,), generator=g))
-            j = int(torch.randint(c.shape[-1] - crop + 1, (1,), generator=g))
-            batch.append(c[..., i : i + crop, j : j + crop])
-        x = torch.cat(batch)  # (B, 3, crop, crop)
+    # Whole photos at Gatys's working scale: the net learns textures of the size they have in a Gatys
+    # result and the Gram matrices of whole pictures, which is how it is applied and scored. Trained on
+    # square crops instead, its output stayed at 2x Gatys's loss (at a larger scale, 5x; BENCHMARKS.md).
+    pool = [resize_long(c, p.size) for c in contents]
+
+    def losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Content, style and TV loss (weighted) of the net's output for ``x`` (b, 3, H, W)."""
         # The convolutions in bfloat16 where the CPU has native bf16 (1.7x the fp32 step here,
         # BENCHMARKS.md); the losses in fp32: a Gram matrix summed in bf16 (8-bit mantissa) is too coarse.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = net(x)
+            y = net(x)  # (b, 3, H, W)
             with torch.no_grad():
                 target = vgg(x, upto=p.content_layer)[p.content_layer]
             feats = vgg(y)
         feats = {k: f.float() for k, f in feats.items()}
-        y = y.float()
-        lc = p.content_weight * content_loss(feats[p.content_layer], target.float())
-        ls = p.style_weight * style_loss(feats, grams, p.style_layers)
-        lt = p.tv_weight * tv_loss(y)
+        return (
+            p.content_weight * content_loss(feats[p.content_layer], target.float()),
+            p.style_weight * style_loss(feats, grams, p.style_layers),
+            p.tv_weight * tv_loss(y.float()),
+        )
+
+    bar = tqdm(
+        range(1, p.fast_steps + 1), desc="fast style", unit="step", disable=not progress, mininterval=1.0
+    )
+    for step in bar:
+        by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for i in torch.randint(len(pool), (p.fast_batch_size,), generator=g).tolist():
+            by_shape.setdefault(tuple(pool[i].shape), []).append(pool[i])
+        lc = ls = lt = torch.zeros(())
+        for same in by_shape.values():  # each term: the mean over the step's photos
+            c, s, t = losses(torch.cat(same))
+            share = len(same) / p.fast_batch_size
+            lc, ls, lt = lc + share * c, ls + share * s, lt + share * t
         loss = lc + ls + lt
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -120,7 +120,7 @@ def stylize_pair(
     progress: bool = False,
 ) -> tuple[Path, dict[str, float]]:
     """One content x style pair in its own MLflow run; returns (output path, metrics)."""
-    from ganops.stylize import fast_stylize, gatys, load_image, save_image
+    from ganops.stylize import fast_stylize, gatys, load_image, resize_long, save_image
     from ganops.tracking import style_run
 
     img = load_image(content, p.style.max_side)
@@ -128,8 +128,8 @@ def stylize_pair(
                    root=at.tracking) as run:  # fmt: skip
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
-        if job.net is not None:
-            result = fast_stylize(job.net, img)
+        if job.net is not None:  # at the working size, as it was trained and as gatys sizes its result
+            result = fast_stylize(job.net, resize_long(img, p.style.size))
         else:
             r = gatys(img, job.styles, job.vgg, p.style, seed=p.base.seed, progress=progress)
             result = r.image
