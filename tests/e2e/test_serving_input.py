@@ -181,7 +181,10 @@ BAD_STYLIZE = {
     "empty": (lambda u: {"files": _upload(b"", "empty.png"), "data": {"style": "waves"}}, 400),
     "no-file": (lambda u: {"files": {"other": ("a.txt", b"a")}, "data": {"style": "waves"}}, 400),
     "1x1": (lambda u: {"files": _upload(_image(1, 1)), "data": {"style": "waves"}}, 400),
-    "17x17": (lambda u: {"files": _upload(_image(17, 17)), "data": {"style": "waves"}}, 400),  # GANOPS_MIN_SIDE=18
+    "17x17": (
+        lambda u: {"files": _upload(_image(17, 17)), "data": {"style": "waves"}},
+        400,
+    ),  # GANOPS_MIN_SIDE=18
     "1024x3": (lambda u: {"files": _upload(_image(1024, 3)), "data": {"style": "waves"}}, 400),
     "4000x20": (
         lambda u: {"files": _upload(_image(4000, 20)), "data": {"style": "waves"}},
