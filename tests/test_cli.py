@@ -296,3 +296,27 @@ def test_stylize_image_bad_input_is_a_clear_error_and_writes_nothing(project):
                             "-S", "style.style_weight=-1"])  # fmt: skip
     assert r.exit_code == 2 and "style.style_weight" in r.output
     assert not (project / "o.png").exists() and not (project / "o.jpg").exists()
+
+
+def test_stylize_reads_the_content_and_style_folders_the_params_name(project):
+    from PIL import Image
+
+    paintings(project)
+    photos(project)  # the default folders are there too: they must not be read
+    (project / "mine").mkdir()
+    Image.open(ROOT / "data/photos/flower.jpg").crop((100, 50, 196, 114)).save(project / "mine/field.png")
+    (project / "art").mkdir()  # another painting under the style's name
+    shutil.copy(ROOT / "data/paintings/the_scream.jpg", project / "art/starry_night.jpg")
+    runner, out = CliRunner(), project / "data/stylized/starry_night"
+
+    def styled(*dirs: str) -> bytes:
+        r = runner.invoke(app, ["stylize", "--style", "starry_night", "--no-progress", *STYLE_TINY, *dirs])
+        assert r.exit_code == 0, r.output
+        assert sorted(f.name for f in out.iterdir()) == ["field.png"]  # only the named folder's photo
+        pairs = json.loads((project / "metrics/stylize/starry_night.json").read_text())["pairs"]
+        assert set(pairs) == {"field"}
+        return (out / "field.png").read_bytes()
+
+    from_art = styled("-S", "style.content_dir=mine", "-S", "style.style_dir=art")
+    from_default = styled("-S", "style.content_dir=mine")  # style_dir: data/paintings (van Gogh's)
+    assert from_art != from_default  # the style image came from the folder style.style_dir names
