@@ -32,12 +32,13 @@ def test_styles_on_top_photos_on_the_left_results_between_all_named():
     blend = SheetStyle("mix", [("a", solid(RED), 0.7), ("b", solid(YELLOW), 0.3)], [solid(BLUE)] * 2)
     img = labelled_sheet(contents, [single, blend], tile=tile, caption="vgg19-caffe-q8\ngatys")
     a = np.asarray(img).astype(float)
-    # rows: the style images a tile high; the 20x30 landscape photo's row as high as the photo at tile
-    # width (43 px, no white band above it); the portrait photo's row a tile high
-    hs = row_heights(contents, tile)
-    assert hs == [tile, 43, tile]
+    # rows as high as their tallest image at the cell's width: the 20x30 paintings (43 px; the blend's
+    # half-width strips 21 px), the 20x30 landscape photo (43 px, no white band above it), the portrait
+    # photo a tile high
+    hs = row_heights(contents, [single, blend], tile, "vgg19-caffe-q8\ngatys")
+    assert hs == [43, 43, tile]
     # 3 columns (photos + 2 styles) x 3 rows (styles + 2 photos), each with a caption strip under it
-    assert img.size == (PAD + 3 * (tile + PAD), PAD + 3 * (LABEL + PAD) + 2 * tile + 43)
+    assert img.size == (PAD + 3 * (tile + PAD), PAD + 3 * (LABEL + PAD) + 43 + 43 + tile)
     assert np.allclose(mean_rgb(a, 0, 1, tile, hs), [255, 0, 0], atol=2)  # the style image, top row
     assert np.allclose(mean_rgb(a, 1, 0, tile, hs), [0, 255, 0], atol=2)  # the photo, first column
     x, y = cell_origin(1, 0, tile, hs)
@@ -48,12 +49,21 @@ def test_styles_on_top_photos_on_the_left_results_between_all_named():
             assert np.allclose(mean_rgb(a, r, c, tile, hs), [0, 0, 255], atol=2)  # results in between
     # the blend shows both its images side by side, left half red, right half yellow
     x, y = cell_origin(0, 2, tile, hs)
-    assert np.allclose(a[y + tile - 5, x + tile // 4], [255, 0, 0], atol=2)
-    assert np.allclose(a[y + tile - 5, x + 3 * tile // 4], [255, 255, 0], atol=2)
+    assert np.allclose(a[y + hs[0] - 5, x + tile // 4], [255, 0, 0], atol=2)
+    assert np.allclose(a[y + hs[0] - 5, x + 3 * tile // 4], [255, 255, 0], atol=2)
     assert all(ink(a, 0, c, tile, hs) > 20 for c in (1, 2))  # style names
     assert all(ink(a, r, 0, tile, hs) > 20 for r in (1, 2))  # photo names
     assert ink(a, 1, 1, tile, hs) == 0  # results carry no caption
-    assert (a[PAD : PAD + tile, PAD : PAD + tile].max(-1) < 100).sum() > 20  # the corner caption
+    assert (a[PAD : PAD + hs[0], PAD : PAD + tile].max(-1) < 100).sum() > 20  # the corner caption
+
+
+def test_the_top_row_is_as_tall_as_a_portrait_painting_or_the_caption_needs():
+    photo = [("p", solid(GREEN))]
+    portrait = SheetStyle("s", [("s", solid(RED, 40, 20), 1.0)], [solid(BLUE)])
+    landscape = SheetStyle("l", [("l", solid(RED, 10, 40), 1.0)], [solid(BLUE)])
+    assert row_heights(photo, [portrait, landscape], 64)[0] == 64  # the portrait needs the whole tile
+    assert row_heights(photo, [landscape], 64)[0] == 16  # 10x40 at 64 px wide
+    assert row_heights(photo, [landscape], 64, "a\nb\nc")[0] == 2 + 3 * 16  # three caption lines
 
 
 def test_blend_label_names_the_weights():

@@ -8,8 +8,8 @@ Layout (every cell ``tile`` px wide with a ``LABEL`` px caption strip under it):
     photo 1      | result 1,1   | result 1,2           first column: the content photos, named
     photo 2      | result 2,1   | ...
 
-The top row is ``tile`` px high; each photo's row is as high as the photo at ``tile`` px wide (at most
-``tile``), so a landscape photo's row has no white band above it. Images are (1, 3, H, W) float in [0, 1];
+Each row is as high as its tallest image at the cell's width (at most ``tile``): a row of landscape
+photos or paintings has no white band above it. Images are (1, 3, H, W) float in [0, 1];
 each is scaled to fit its cell (aspect kept, white margins).
 """
 
@@ -67,10 +67,22 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width: int)
     draw.text(xy, text, fill=(20, 20, 20), font=font)
 
 
-def row_heights(contents: list[tuple[str, torch.Tensor]], tile: int) -> list[int]:
-    """Image height of each row in px: ``tile`` for the style images, then each photo's height at ``tile``
-    px wide, at most ``tile`` (its results have its shape)."""
-    return [tile] + [min(tile, max(1, round(tile * img.shape[-2] / img.shape[-1]))) for _, img in contents]
+def _height(img: torch.Tensor, width: int, tile: int) -> int:
+    """Height of (.., H, W) ``img`` scaled to ``width`` px wide, at most ``tile``."""
+    return min(tile, max(1, round(width * img.shape[-2] / img.shape[-1])))
+
+
+def row_heights(
+    contents: list[tuple[str, torch.Tensor]], styles: list[SheetStyle], tile: int, caption: str = ""
+) -> list[int]:
+    """Image height of each row in px, so no row carries a white band: the style images' row as high as
+    its tallest image at its width (and the corner caption), then each photo's height at ``tile`` px wide
+    (its results have its shape); every row at most ``tile``."""
+    lines = len(caption.splitlines()[: tile // (FONT_SIZE + 4)])
+    top = [2 + lines * (FONT_SIZE + 4)] + [
+        _height(img, tile // len(s.images), tile) for s in styles for _, img, _ in s.images
+    ]
+    return [min(tile, max(top))] + [_height(img, tile, tile) for _, img in contents]
 
 
 def cell_origin(row: int, col: int, tile: int, heights: list[int]) -> tuple[int, int]:
@@ -98,7 +110,7 @@ def labelled_sheet(
     for s in styles:
         if len(s.results) != len(contents):
             raise ValueError(f"style {s.name!r} has {len(s.results)} results for {len(contents)} photos")
-    heights = row_heights(contents, tile)
+    heights = row_heights(contents, styles, tile, caption)
     W = PAD + (len(styles) + 1) * (tile + PAD)
     H = PAD + sum(h + LABEL + PAD for h in heights)
     sheet = Image.new("RGB", (W, H), "white")
@@ -114,10 +126,10 @@ def labelled_sheet(
         _text(draw, (PAD + 2, PAD + 2 + i * (FONT_SIZE + 4)), line, tile - 4)
     for c, s in enumerate(styles, start=1):
         k = len(s.images)  # a blend: its images side by side, each in a 1/k-wide strip
-        strip = Image.new("RGB", (tile, tile), "white")
+        strip = Image.new("RGB", (tile, heights[0]), "white")
         for j, (_, img, _) in enumerate(s.images):
             x0, x1 = j * tile // k, (j + 1) * tile // k
-            strip.paste(_fit(to_pil(img), x1 - x0, tile), (x0, 0))
+            strip.paste(_fit(to_pil(img), x1 - x0, heights[0]), (x0, 0))
         put(0, c, strip, s.label)
         for r, res in enumerate(s.results, start=1):
             put(r, c, _fit(to_pil(res), tile, heights[r]), "")
