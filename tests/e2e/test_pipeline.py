@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tests.e2e.project import project_env, sh, tiny_project
@@ -155,6 +156,19 @@ def test_queued_sweep_runs_every_point_into_the_project_store(repo):
     show = sh(["dvc", "exp", "show", "--no-pager", "--md", "--sort-by", "domain_fid", "--sort-order", "asc"],
               d, env).stdout  # fmt: skip
     assert "hinge" in show and "0.0003" in show
+    # the README's next step: `dvc exp apply <name>` brings the chosen point's params and outputs into the
+    # workspace, and the generator there is the one trained with them (its config carries the settings)
+    pick = next(
+        r for r in swept if (r.data.params["gan.lr_g"], r.data.params["gan.loss"]) == ("0.0003", "hinge")
+    )
+    sh(["dvc", "exp", "apply", pick.data.tags["dvc_exp_name"]], d, env)
+    gan = yaml.safe_load((d / "params.yaml").read_text())["gan"]
+    assert (gan["lr_g"], gan["loss"]) == (0.0003, "hinge")
+    settings = json.loads((d / "models/gan/final/config.json").read_text())["settings"]
+    assert (settings["lr_g"], settings["loss"]) == (0.0003, "hinge")
+    assert "up to date" in sh(["dvc", "status"], d, env).stdout.lower()  # outputs match params and deps
+    sh(["git", "checkout", "--", "."], d, env)  # leave the workspace at the baseline for the next test
+    sh(["dvc", "checkout", "--force"], d, env)
 
 
 def test_mlflow_ui_serves_the_store(repo):
