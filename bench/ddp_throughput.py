@@ -25,7 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ganops.config import PLAIN_DCGAN, GanParams
-from ganops.train_gan import train_gan
+from ganops.distributed import Place
+from ganops.train_gan import fit
 
 
 def _params(a: argparse.Namespace, batch: int) -> GanParams:
@@ -45,7 +46,7 @@ def _images(a: argparse.Namespace) -> torch.Tensor:
 def one_process(a: argparse.Namespace) -> float:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        r = train_gan(_images(a), _params(a, a.batch), tmp, progress=False)
+        r = fit(_images(a), _params(a, a.batch), tmp, progress=False)
     return _rate(r.history)
 
 
@@ -54,7 +55,13 @@ def _rank(rank: int, a: argparse.Namespace, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            r = train_gan(_images(a), _params(a, a.batch // 2), tmp, rank=rank, world_size=2, progress=False)
+            r = fit(
+                _images(a),
+                _params(a, a.batch // 2),
+                tmp,
+                progress=False,
+                place=Place(rank=rank, world_size=2),
+            )
         if rank == 0:
             Path(out).write_text(json.dumps(_rate(r.history)))
     finally:

@@ -33,7 +33,7 @@ from ganops.config import PLAIN_DCGAN, ClassifierParams, DataParams, EvaluatePar
 from ganops.data import prepare
 from ganops.evaluate import asked_classes, evaluate_samples, generate
 from ganops.models.gan import load_generator
-from ganops.train_gan import train_gan
+from ganops.train_gan import fit
 
 DEMO = {"latent_dim": 64, "ngf": 32, "ndf": 32, "batch_size": 64}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -63,7 +63,7 @@ def run_variant(name: str, p: GanParams, train: tuple[torch.Tensor, torch.Tensor
     """
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        r = train_gan(train[0], p, tmp, labels=train[1], seed=seed, progress=False)
+        r = fit(train[0], p, tmp, labels=train[1], seed=seed, progress=False)
         seconds = time.perf_counter() - t0
         G = load_generator(Path(tmp) / "final")
         n = len(images) // 2
@@ -94,7 +94,7 @@ def time_variants(
                                      "monitor_every": 0})  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                train_gan(images, p, tmp, labels=labels, progress=False)
+                fit(images, p, tmp, labels=labels, progress=False)
                 per[name].append((time.perf_counter() - t0) / steps)
     return {name: statistics.median(v) for name, v in per.items()}
 

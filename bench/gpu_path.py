@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ganops.config import PLAIN_DCGAN, GanParams  # noqa: E402
-from ganops.train_gan import train_gan  # noqa: E402
+from ganops.distributed import Place  # noqa: E402
+from ganops.train_gan import Hooks, fit  # noqa: E402
 
 
 def _images(size: int, n: int = 4096) -> torch.Tensor:
@@ -45,7 +46,7 @@ def training(device: str, size: int, batch: int, amp: bool, steps: int) -> float
     p = GanParams(**PLAIN_DCGAN, ngf=width, ndf=width, batch_size=batch, steps=steps, amp=amp,
                   log_every=max(1, steps // 4), sample_every=10**6, checkpoint_every=10**6, resume=False)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        r = train_gan(_images(size, max(4096, 2 * batch)), p, tmp, device=device, progress=False)
+        r = fit(_images(size, max(4096, 2 * batch)), p, tmp, device=device, progress=False)
     return statistics.mean(row["img_per_s"] for row in r.history[1:])
 
 
@@ -66,8 +67,7 @@ def _rank(rank: int, world: int, init: str, device_type: str, out: str) -> None:
             sums[:] = [sum(float(t.double().sum()) for t in G.state_dict().values())]
 
         with tempfile.TemporaryDirectory() as tmp:
-            train_gan(_images(32), p, tmp, device=device, rank=rank, world_size=world, progress=False,
-                      after_step=after_step)  # fmt: skip
+            fit(_images(32), p, tmp, device=device, progress=False, place=Place(rank=rank, world_size=world), hooks=Hooks(after_step=after_step))  # fmt: skip
         total = torch.tensor(sums, device=device)
         gathered = [torch.zeros_like(total) for _ in range(world)]
         dist.all_gather(gathered, total)

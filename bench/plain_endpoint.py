@@ -25,10 +25,10 @@ from starlette.routing import Route
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving import images  # noqa: E402
 from serving.batcher import forward  # noqa: E402
 
 from ganops.models.gan import load_generator  # noqa: E402
+from serving import images  # noqa: E402
 
 
 def build_app(folder: Path) -> Starlette:

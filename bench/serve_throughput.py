@@ -46,7 +46,7 @@ from ganops.config import PLAIN_DCGAN, GanParams, parse_params  # noqa: E402
 from ganops.evaluate import generate  # noqa: E402
 from ganops.models.gan import load_generator  # noqa: E402
 from ganops.tracking import RunContext, register_generator, set_alias, start_run  # noqa: E402
-from ganops.train_gan import train_gan  # noqa: E402
+from ganops.train_gan import fit  # noqa: E402
 
 
 def champion_store(tmp: Path, size: int, channels: int, ngf: int) -> tuple[str, Path]:
@@ -56,7 +56,7 @@ def champion_store(tmp: Path, size: int, channels: int, ngf: int) -> tuple[str, 
     images = torch.randint(0, 256, (256, channels, size, size), dtype=torch.uint8)
     p = GanParams(**PLAIN_DCGAN, steps=1, batch_size=64, sample_every=1, checkpoint_every=1, ngf=ngf, ndf=ngf)
     with start_run(parse_params({}), ctx=RunContext("bench"), data_hash="bench", root=tmp) as run:
-        r = train_gan(images, p, tmp / "gan", progress=False)
+        r = fit(images, p, tmp / "gan", progress=False)
         run.log_artifacts(r.export, "checkpoint")
     facts = register_generator(run.run_id, "ganops-generator", {"dataset_hash": "bench", "extractor": "none"})
     set_alias("ganops-generator", "champion", facts["version"])

@@ -25,7 +25,7 @@ from torch import nn
 
 from ganops.config import PLAIN_DCGAN, GanParams
 from ganops.models.gan import GANConfig, build
-from ganops.train_gan import train_gan
+from ganops.train_gan import Hooks, fit
 
 
 def reference_loop(images: torch.Tensor, cfg: GANConfig, batch: int, steps: int) -> float:
@@ -76,7 +76,7 @@ def ours(images: torch.Tensor, cfg: GANConfig, batch: int, steps: int) -> float:
             if step == 1:
                 t["t0"] = time.perf_counter()
 
-        train_gan(images, p, tmp, on_metrics=on_metrics, progress=False)
+        fit(images, p, tmp, progress=False, hooks=Hooks(on_metrics=on_metrics))
         t1 = time.perf_counter()
     # Wall time of steps 2..steps+1 includes the final export (small); that counts against us.
     rates.append(batch * steps / (t1 - t["t0"]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -26,6 +26,9 @@ from prefect.runtime import flow_run
 from ganops import stages, workspaces
 from ganops.config import Params, load_params
 from ganops.tracking import RunContext, use_store
+
+if TYPE_CHECKING:
+    from prefect_dask import DaskTaskRunner
 
 ROOT = Path(os.environ.get("GANOPS_PROJECT_ROOT", Path.cwd())).resolve()
 
@@ -39,8 +42,8 @@ def setup(params: Params, style: str, at: stages.Layout, ctx: RunContext) -> sta
 def stylize_pair(
     params: Params, job: stages.StyleJob, content: Path, at: stages.Layout, ctx: RunContext
 ) -> dict[str, Any]:
-    saved, metrics = stages.stylize_pair(params, job, content, at, ctx=ctx)
-    return {"style": job.style, "content": content.name, "output": str(saved), **metrics}
+    r = stages.stylize_pair(params, job, content, at, ctx=ctx)
+    return {"style": job.style, "content": content.name, "output": str(r.output), **r.metrics}
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{style} x {content.name}")
@@ -53,8 +56,8 @@ def stylize_pair_in_worker(
 
     get_run_logger().info("%s x %s on Dask worker %s", style, content.name, get_worker().address)
     job = stages.style_job(params, style, at)
-    saved, metrics = stages.stylize_pair(params, job, content, at, ctx=ctx)
-    return {"style": style, "content": content.name, "output": str(saved), **metrics}
+    r = stages.stylize_pair(params, job, content, at, ctx=ctx)
+    return {"style": style, "content": content.name, "output": str(r.output), **r.metrics}
 
 
 @flow(name="style-transfer-pairs")
@@ -66,7 +69,7 @@ def pairs_on_dask(
     return [f.result() for f in futures]
 
 
-def dask_runner(workers: int, address: str | None) -> Any:
+def dask_runner(workers: int, address: str | None) -> DaskTaskRunner:
     """A DaskTaskRunner on the scheduler at ``address``, or on a LocalCluster of ``workers`` processes
     (one thread each: every pair already uses torch's threads)."""
     from prefect_dask import DaskTaskRunner

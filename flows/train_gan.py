@@ -41,6 +41,11 @@ def checkout_data(params: Params, data_rev: str, dst: Path) -> str:
     return str(dst)
 
 
+def _with_data_root(params: Params, root: str) -> Params:
+    """``params`` with ``data.root`` pointing elsewhere (the validated params' copy; nothing re-parsed)."""
+    return params.model_copy(update={"data": params.data.model_copy(update={"root": root})})
+
+
 @task(cache_policy=NO_CACHE)
 def prepare(params: Params, at: stages.Layout) -> dict[str, Any]:
     man, skipped = stages.prepare(params, at)
@@ -100,10 +105,9 @@ def train_gan_flow(
         if keep_runs >= 0:
             workspaces.gc(ROOT, keep=keep_runs)
         if data_rev:
-            root = checkout_data(params, data_rev, work / "data-rev")
-            params = load_params(ROOT / "params.yaml", [*overrides, f"data.root={root}"])
+            params = _with_data_root(params, checkout_data(params, data_rev, work / "data-rev"))
         elif params.data.source == "folder" and not Path(params.data.root).is_absolute():
-            params = load_params(ROOT / "params.yaml", [*overrides, f"data.root={ROOT / params.data.root}"])
+            params = _with_data_root(params, str(ROOT / params.data.root))
         at = stages.Layout(root=work, tracking_root=ROOT)
         man = prepare(params, at)
         classifier(params, at)  # before training: the in-training monitor scores with it

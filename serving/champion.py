@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from ganops.tracking import STYLE_PREFIX
+
 log = logging.getLogger("ganops.serving")
-STYLE_PREFIX = "ganops-style-"
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,16 @@ Every answer gets ``X-Model-Version`` (the route's own when it set one, else the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-Scope, Receive, Send = dict[str, Any], Callable[..., Any], Callable[..., Any]
+Scope: TypeAlias = dict[str, Any]
+Receive: TypeAlias = Callable[..., Any]
+Send: TypeAlias = Callable[..., Any]
 PROBES = frozenset({"/livez", "/readyz"})
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_FILENAME = 200  # bytes: BentoML keeps the name as a temp file's suffix, and file names stop at 255

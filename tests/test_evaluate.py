@@ -15,11 +15,10 @@ from ganops.evaluate import (
     fid_kid,
     generate,
     inception_fid,
-    noise,
     summary_line,
 )
 from ganops.models.classifier import FeatureExtractor
-from ganops.models.gan import GANConfig, build
+from ganops.models.gan import GANConfig, build, seeded_noise
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +56,7 @@ def test_asked_classes_are_those_behind_generate():
     G, _ = build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4, class_counts=(3, 3)))
     asked = asked_classes(G, 40, seed=5, n_classes=2)
     with torch.no_grad():
-        assert torch.equal(generate(G, 40, seed=5), G(noise(G, 40, 5), asked))
+        assert torch.equal(generate(G, 40, seed=5), G(seeded_noise(40, G.cfg.latent_dim, 5), asked))
     assert asked_classes(G, 40, seed=5, n_classes=10) is None  # classes the classifier does not know
     assert (
         asked_classes(build(GANConfig(image_size=16, latent_dim=8, ngf=4, ndf=4))[0], 4, seed=5, n_classes=2)

@@ -54,11 +54,11 @@ def test_r1_is_the_squared_input_gradient():
 def _gan_loss(r1_gamma=1.0, r1_every=2):
     from ganops.losses import GanLoss
     from ganops.models.gan import GANConfig, build
-    from ganops.train_state import _Pyramid
+    from ganops.train_gan import _GToScales
 
     torch.manual_seed(0)
     G, D = build(GANConfig(image_size=8, channels=1, latent_dim=4, ngf=4, ndf=4))
-    loss = GanLoss(_Pyramid(G), D, D, loss="hinge", r1_gamma=r1_gamma, r1_every=r1_every, policy=(),
+    loss = GanLoss(_GToScales(G), D, D, loss="hinge", r1_gamma=r1_gamma, r1_every=r1_every, policy=(),
                    aug_rng=torch.Generator().manual_seed(0), amp=False, device_type="cpu")  # fmt: skip
     return G, D, loss
 

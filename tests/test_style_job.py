@@ -1,4 +1,5 @@
-"""stages.style_job: what a Dask worker rebuilds from params and paths equals what stylize_setup made."""
+"""stages.style_job: what a Dask worker rebuilds from params and paths equals what stylize_setup made; the
+fast net's registration (name, alias, artifact path) and what readers of the registry load back."""
 
 from __future__ import annotations
 
@@ -60,3 +61,41 @@ def test_fast_setup_decodes_each_photo_once_and_a_bad_one_stops_it_before_output
     else:
         raise AssertionError("a corrupt photo must stop the setup")
     assert kept.read_bytes() == b"an earlier result"  # nothing cleared before the inputs were checked
+
+
+def test_fast_net_is_registered_under_the_promote_alias_and_old_versions_still_load(
+    tmp_path, isolated_tracking
+):
+    # the style nets' alias is promote.alias (the service looks the generator and the style nets up under one
+    # alias); the net's folder is logged at STYLE_NET_ARTIFACT, and a version registered before, whose source
+    # is the run's `checkpoint/`, loads the same way: readers go through the version, never the path
+    from mlflow import MlflowClient
+
+    from ganops.models.style import load_style_net
+    from ganops.tracking import (
+        STYLE_NET_ARTIFACT,
+        RunContext,
+        download_version,
+        register_folder,
+        style_model_name,
+        style_run,
+    )
+
+    shutil.copytree(ROOT / "data/paintings", tmp_path / "data/paintings")
+    shutil.copytree(ROOT / "data/photos", tmp_path / "data/photos")
+    p = load_params(PARAMS, [*TINY, "promote.alias=staging"])
+    at = stages.Layout(root=tmp_path, tracking_root=tmp_path)
+    job = stages.stylize_setup(p, "shipwreck", at, progress=False)
+    name = style_model_name("shipwreck")
+    c = MlflowClient(isolated_tracking)
+    new = c.get_model_version_by_alias(name, "staging")
+    assert name == "ganops-style-shipwreck" and new.source.endswith(f"/{STYLE_NET_ARTIFACT}")
+    assert STYLE_NET_ARTIFACT != "checkpoint"
+    with style_run(p, ctx=RunContext(entry_point="test"), style="shipwreck", content="(training)",
+                   extractor=job.vgg.name, root=tmp_path) as run:  # fmt: skip
+        run.log_artifacts(at.style_models / "shipwreck", "checkpoint")  # how versions were logged before
+        old = register_folder(run.run_id, "checkpoint", name, "older", {"style": "shipwreck"})
+    img = load_image(job.contents[0], p.style.max_side)
+    for version in (int(new.version), old):
+        net = load_style_net(download_version(name, version, tmp_path / f"v{version}"))
+        assert torch.equal(fast_stylize(net, img), fast_stylize(job.net, img))

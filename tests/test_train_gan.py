@@ -6,10 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ganops.artifacts import load_checkpoint
+from ganops.artifacts import load_checkpoint, save_checkpoint
 from ganops.config import PLAIN_DCGAN, GanParams
+from ganops.distributed import Place
 from ganops.models.gan import load_generator
-from ganops.train_gan import TrainingDiverged, train_gan
+from ganops.train_gan import Hooks, fit
+from ganops.train_state import TrainingDiverged
 
 
 def tiny(**kw) -> GanParams:
@@ -40,7 +42,7 @@ def _weights(ckpt):
 
 
 def test_one_step_changes_both_nets(images, tmp_path):
-    train_gan(images, tiny(steps=0 + 1, checkpoint_every=1), tmp_path / "a", progress=False)
+    fit(images, tiny(steps=0 + 1, checkpoint_every=1), tmp_path / "a", progress=False)
     # the same seed with zero training: compare with a fresh build
     from ganops.models.gan import GANConfig, build
 
@@ -56,10 +58,7 @@ def test_one_step_changes_both_nets(images, tmp_path):
 
 def test_outputs_callbacks_and_export(images, tmp_path):
     seen, grids = [], []
-    r = train_gan(
-        images, tiny(), tmp_path, progress=False, data_hash="abc",
-        on_metrics=lambda s, m: seen.append((s, m)), on_sample=lambda s, p: grids.append((s, p)),
-    )  # fmt: skip
+    r = fit(images, tiny(), tmp_path, progress=False, data_hash="abc", hooks=Hooks(on_metrics=lambda s, m: seen.append((s, m)), on_sample=lambda s, p: grids.append((s, p))))  # fmt: skip
     assert r.completed and r.step == 4 and r.resumed_from == 0
     assert [s for s, _ in seen] == [1, 2, 3, 4]
     assert set(seen[0][1]) == {"loss_d", "loss_g", "d_real", "d_fake", "img_per_s", "d_skipped"}
@@ -76,10 +75,10 @@ def test_outputs_callbacks_and_export(images, tmp_path):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(images, tmp_path):
-    full = train_gan(images, tiny(steps=8, checkpoint_every=4), tmp_path / "full", progress=False)
+    full = fit(images, tiny(steps=8, checkpoint_every=4), tmp_path / "full", progress=False)
     # N steps, "crash", then resume for N more with the same settings
-    train_gan(images, tiny(steps=4, checkpoint_every=4), tmp_path / "split", progress=False)
-    resumed = train_gan(images, tiny(steps=8, checkpoint_every=4), tmp_path / "split", progress=False)
+    fit(images, tiny(steps=4, checkpoint_every=4), tmp_path / "split", progress=False)
+    resumed = fit(images, tiny(steps=8, checkpoint_every=4), tmp_path / "split", progress=False)
     assert resumed.resumed_from == 4 and resumed.step == 8
     a, b = _weights(full.checkpoint), _weights(resumed.checkpoint)
     for net in ("G", "D"):
@@ -89,38 +88,42 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(images, tmp_path)
 
 
 def test_stop_callback_checkpoints_and_resume_finishes(images, tmp_path):
-    r = train_gan(
-        images, tiny(steps=6, checkpoint_every=100), tmp_path, progress=False, should_stop=lambda s: s == 3
+    r = fit(
+        images,
+        tiny(steps=6, checkpoint_every=100),
+        tmp_path,
+        progress=False,
+        hooks=Hooks(should_stop=lambda s: s == 3),
     )
     assert not r.completed and r.step == 3 and r.export is None
     assert _weights(r.checkpoint)["step"] == 3  # checkpointed on stop despite checkpoint_every=100
-    r2 = train_gan(images, tiny(steps=6, checkpoint_every=100), tmp_path, progress=False)
+    r2 = fit(images, tiny(steps=6, checkpoint_every=100), tmp_path, progress=False)
     assert r2.completed and r2.resumed_from == 3 and r2.export is not None
 
 
 def test_changed_settings_start_fresh(images, tmp_path, caplog):
-    train_gan(images, tiny(), tmp_path, progress=False)
-    r = train_gan(images, tiny(lr_d=1e-3), tmp_path, progress=False)
+    fit(images, tiny(), tmp_path, progress=False)
+    r = fit(images, tiny(lr_d=1e-3), tmp_path, progress=False)
     assert r.resumed_from == 0
     assert "other settings" in caplog.text
-    r = train_gan(images, tiny(lr_d=1e-3), tmp_path, progress=False, data_hash="different data")
+    r = fit(images, tiny(lr_d=1e-3), tmp_path, progress=False, data_hash="different data")
     assert r.resumed_from == 0
 
 
 def test_resume_false_ignores_checkpoint(images, tmp_path):
-    train_gan(images, tiny(), tmp_path, progress=False)
-    assert train_gan(images, tiny(resume=False), tmp_path, progress=False).resumed_from == 0
+    fit(images, tiny(), tmp_path, progress=False)
+    assert fit(images, tiny(resume=False), tmp_path, progress=False).resumed_from == 0
 
 
 def test_batch_larger_than_dataset_is_a_clear_error(images, tmp_path):
     with pytest.raises(ValueError, match="batch_size 64"):
-        train_gan(images, tiny(batch_size=64), tmp_path, progress=False)
+        fit(images, tiny(batch_size=64), tmp_path, progress=False)
 
 
 def test_world_size_above_one_needs_a_process_group(images, tmp_path):
     # rank 1 writing nothing is shown with real ranks in tests/e2e/test_ddp.py
     with pytest.raises(ValueError, match="process group"):
-        train_gan(images, tiny(), tmp_path, progress=False, rank=1, world_size=2)
+        fit(images, tiny(), tmp_path, progress=False, place=Place(rank=1, world_size=2))
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
@@ -147,7 +150,7 @@ def labels(images):
 @pytest.mark.parametrize("name", list(STABILISERS))
 def test_each_stabiliser_trains_and_resumes_exactly(name, images, labels, tmp_path):
     kw = STABILISERS[name]
-    full = train_gan(
+    full = fit(
         images, tiny(steps=6, checkpoint_every=3, **kw), tmp_path / "full", labels=labels, progress=False
     )
     assert full.completed and all(
@@ -158,8 +161,8 @@ def test_each_stabiliser_trains_and_resumes_exactly(name, images, labels, tmp_pa
     assert G.cfg.n_classes == (3 if kw.get("conditional") else 0)
     # RNG for noise and augmentation is part of the checkpoint: stop at 3 + resume == uninterrupted
     split = tmp_path / "split"
-    train_gan(images, tiny(steps=3, checkpoint_every=3, **kw), split, labels=labels, progress=False)
-    resumed = train_gan(images, tiny(steps=6, checkpoint_every=3, **kw), split, labels=labels, progress=False)
+    fit(images, tiny(steps=3, checkpoint_every=3, **kw), split, labels=labels, progress=False)
+    resumed = fit(images, tiny(steps=6, checkpoint_every=3, **kw), split, labels=labels, progress=False)
     assert resumed.resumed_from == 3
     a, b = _weights(full.checkpoint), _weights(resumed.checkpoint)
     for k in a["G"]:
@@ -167,29 +170,27 @@ def test_each_stabiliser_trains_and_resumes_exactly(name, images, labels, tmp_pa
 
 
 def test_settings_name_every_stabiliser(images, labels, tmp_path):
-    train_gan(images, tiny(), tmp_path, labels=labels, progress=False)
+    fit(images, tiny(), tmp_path, labels=labels, progress=False)
     # each stabiliser changes the weights, so none may resume a checkpoint built without it
     for kw in STABILISERS.values():
-        assert train_gan(images, tiny(**kw), tmp_path, labels=labels, progress=False).resumed_from == 0
+        assert fit(images, tiny(**kw), tmp_path, labels=labels, progress=False).resumed_from == 0
 
 
 def test_conditional_needs_labels_auto_follows_them(images, labels, tmp_path):
     with pytest.raises(ValueError, match="gan.conditional: true needs labelled data"):
-        train_gan(images, tiny(conditional=True), tmp_path, progress=False)
+        fit(images, tiny(conditional=True), tmp_path, progress=False)
     with pytest.raises(ValueError, match="labelled data"):  # one image without a label is not labelled data
-        train_gan(
-            images, tiny(conditional=True), tmp_path, labels=torch.cat([labels[:-1], torch.tensor([-1])])
-        )
+        fit(images, tiny(conditional=True), tmp_path, labels=torch.cat([labels[:-1], torch.tensor([-1])]))
     with pytest.raises(ValueError, match="40 images but 39 labels"):
-        train_gan(images, tiny(conditional=True), tmp_path, labels=labels[:-1])
-    unlabelled = train_gan(images, tiny(conditional="auto"), tmp_path / "u", progress=False)
+        fit(images, tiny(conditional=True), tmp_path, labels=labels[:-1])
+    unlabelled = fit(images, tiny(conditional="auto"), tmp_path / "u", progress=False)
     assert load_generator(unlabelled.export).cfg.n_classes == 0
-    labelled = train_gan(images, tiny(conditional="auto"), tmp_path / "l", labels=labels, progress=False)
+    labelled = fit(images, tiny(conditional="auto"), tmp_path / "l", labels=labels, progress=False)
     assert load_generator(labelled.export).cfg.class_counts == (14, 13, 13)
-    off = train_gan(images, tiny(conditional=False), tmp_path / "o", labels=labels, progress=False)
+    off = fit(images, tiny(conditional=False), tmp_path / "o", labels=labels, progress=False)
     assert load_generator(off.export).cfg.n_classes == 0
     # "auto" and true on labelled data build the same model: the checkpoint resumes across them
-    more = train_gan(images, tiny(conditional=True, steps=6), tmp_path / "l", labels=labels, progress=False)
+    more = fit(images, tiny(conditional=True, steps=6), tmp_path / "l", labels=labels, progress=False)
     assert more.resumed_from == 4
 
 
@@ -201,7 +202,7 @@ def test_conditional_generator_draws_the_class_it_is_asked_for(tmp_path):
     images, labels = torch.cat([dark, bright]), torch.tensor([0] * 32 + [1] * 32)
     p = tiny(steps=300, checkpoint_every=300, sample_every=300, ngf=8, ndf=8, lr_g=1e-3, lr_d=1e-3,
              conditional=True, loss="hinge", grid_samples=6)  # fmt: skip
-    G = load_generator(train_gan(images, p, tmp_path, labels=labels, progress=False).export)
+    G = load_generator(fit(images, p, tmp_path, labels=labels, progress=False).export)
     z = torch.randn(64, 8)
     with torch.no_grad():
         asked_dark, asked_bright = (
@@ -221,7 +222,7 @@ def test_conditional_generator_draws_the_class_it_is_asked_for(tmp_path):
 
 
 def test_ema_weights_are_exported_for_serving_and_differ_from_raw(images, tmp_path):
-    r = train_gan(images, tiny(steps=6, ema_decay=0.9), tmp_path, progress=False)
+    r = fit(images, tiny(steps=6, ema_decay=0.9), tmp_path, progress=False)
     final = r.export
     ema = torch.load(final / "generator.pt", weights_only=True)
     raw = torch.load(final / "generator_raw.pt", weights_only=True)
@@ -237,10 +238,9 @@ def test_ema_weights_are_exported_for_serving_and_differ_from_raw(images, tmp_pa
 def test_d_skip_counts_skipped_updates(images, tmp_path):
     seen = []
     # a threshold no loss is under: nothing skipped; one every loss is under: every D update skipped
-    r = train_gan(images, tiny(d_skip_below=1e-9), tmp_path / "a", progress=False)
+    r = fit(images, tiny(d_skip_below=1e-9), tmp_path / "a", progress=False)
     assert r.counters["d_skipped"] == 0
-    r = train_gan(images, tiny(d_skip_below=100.0, d_steps=2), tmp_path / "b", progress=False,
-                  on_metrics=lambda s, m: seen.append(m))  # fmt: skip
+    r = fit(images, tiny(d_skip_below=100.0, d_steps=2), tmp_path / "b", progress=False, hooks=Hooks(on_metrics=lambda s, m: seen.append(m)))  # fmt: skip
     assert r.counters["d_skipped"] == 8 and seen[-1]["d_skipped"] == 8
     from ganops.models.gan import GANConfig, build
 
@@ -262,8 +262,7 @@ def test_injected_nan_is_rolled_back_and_training_continues(images, tmp_path, ca
                 next(G.parameters()).fill_(float("nan"))
 
     poisoned: list[int] = []
-    r = train_gan(images, tiny(steps=8, checkpoint_every=4, lr_g=1e-3, lr_d=2e-3), tmp_path, progress=False,
-                  after_step=poison, on_metrics=lambda s, m: seen.append((s, m)))  # fmt: skip
+    r = fit(images, tiny(steps=8, checkpoint_every=4, lr_g=1e-3, lr_d=2e-3), tmp_path, progress=False, hooks=Hooks(after_step=poison, on_metrics=lambda s, m: seen.append((s, m))))  # fmt: skip
     assert r.completed and r.step == 8 and r.counters["nan_rollbacks"] == 1
     assert "rolled back to step 4" in caplog.text
     rollback = [(s, m) for s, m in seen if "nan_rollbacks" in m]
@@ -285,8 +284,7 @@ def test_two_nans_before_the_next_checkpoint_both_roll_back_to_clean_state(image
             with torch.no_grad():
                 next(G.parameters()).fill_(float("nan"))
 
-    r = train_gan(images, tiny(steps=8, checkpoint_every=4, nan_max_rollbacks=3), tmp_path, progress=False,
-                  after_step=poison)  # fmt: skip
+    r = fit(images, tiny(steps=8, checkpoint_every=4, nan_max_rollbacks=3), tmp_path, progress=False, hooks=Hooks(after_step=poison))  # fmt: skip
     assert poisoned == [5, 5]
     assert r.completed and r.step == 8 and r.counters["nan_rollbacks"] == 2
     state = _weights(r.checkpoint)
@@ -304,7 +302,7 @@ def test_stale_temp_files_of_a_killed_run_are_removed_at_start(images, tmp_path)
         f.write_bytes(b"half a file")
     keep = tmp_path / "notes.tmp"  # not one of atomic_write's temp names: not ours to delete
     keep.write_text("mine")
-    train_gan(images, tiny(steps=2), tmp_path, progress=False)
+    fit(images, tiny(steps=2), tmp_path, progress=False)
     assert not any(f.exists() for f in stale) and keep.read_text() == "mine"
     assert not list(tmp_path.rglob(".*.tmp"))
 
@@ -315,7 +313,13 @@ def test_nan_every_time_gives_up_with_advice(images, tmp_path):
             next(G.parameters()).fill_(float("nan"))
 
     with pytest.raises(TrainingDiverged, match="after 2 rollback"):
-        train_gan(images, tiny(steps=8, nan_max_rollbacks=2), tmp_path, progress=False, after_step=poison)
+        fit(
+            images,
+            tiny(steps=8, nan_max_rollbacks=2),
+            tmp_path,
+            progress=False,
+            hooks=Hooks(after_step=poison),
+        )
 
 
 def test_monitor_reports_and_keeps_the_best_export(images, tmp_path):
@@ -327,8 +331,7 @@ def test_monitor_reports_and_keeps_the_best_export(images, tmp_path):
         return {"domain_fid": next(scores), "kl": 0.5, "coverage": 1, "mode_collapse": True}
 
     seen = []
-    r = train_gan(images, tiny(steps=6, monitor_every=2, ema_decay=0.9), tmp_path, progress=False,
-                  monitor=monitor, on_metrics=lambda s, m: seen.append((s, m)))  # fmt: skip
+    r = fit(images, tiny(steps=6, monitor_every=2, ema_decay=0.9), tmp_path, progress=False, hooks=Hooks(monitor=monitor, on_metrics=lambda s, m: seen.append((s, m))))  # fmt: skip
     assert calls == [False, False, False]  # scored in eval mode
     assert [m["step"] for m in r.monitor] == [2, 4, 6]
     assert [(s, m["monitor_domain_fid"]) for s, m in seen if "monitor_domain_fid" in m] == [
@@ -353,7 +356,7 @@ def test_diffaugment_sees_real_and_fake_in_both_phases_with_one_policy(images, t
         return real_fn(x, policy, generator)
 
     monkeypatch.setattr(losses, "diff_augment", spy)
-    train_gan(images, tiny(steps=2, diffaugment=["translation", "cutout"]), tmp_path, progress=False)
+    fit(images, tiny(steps=2, diffaugment=["translation", "cutout"]), tmp_path, progress=False)
     # per step: D phase real (no grad), D phase fake (detached), G phase fake (grad flows to G)
     assert calls == [(("translation", "cutout"), False), (("translation", "cutout"), False),
                      (("translation", "cutout"), True)] * 2  # fmt: skip
@@ -361,18 +364,30 @@ def test_diffaugment_sees_real_and_fake_in_both_phases_with_one_policy(images, t
 
 def test_bf16_autocast_trains_in_float32_weights_and_resumes_exactly(images, tmp_path):
     # gan.amp is meant for CUDA; CPU autocast runs the same code path here (bf16 forward, fp32 weights)
-    fp32 = train_gan(images, tiny(steps=4), tmp_path / "fp32", progress=False)
-    full = train_gan(images, tiny(steps=4, amp=True), tmp_path / "full", progress=False)
+    fp32 = fit(images, tiny(steps=4), tmp_path / "fp32", progress=False)
+    full = fit(images, tiny(steps=4, amp=True), tmp_path / "full", progress=False)
     a = _weights(full.checkpoint)
     assert all(v.dtype == torch.float32 for v in a["G"].values() if v.is_floating_point())
     assert all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in full.history)
     assert full.history[-1]["loss_d"] != fp32.history[-1]["loss_d"]  # bf16 forward passes: other numbers
-    train_gan(images, tiny(steps=2, amp=True), tmp_path / "split", progress=False)
-    b = _weights(train_gan(images, tiny(steps=4, amp=True), tmp_path / "split", progress=False).checkpoint)
+    fit(images, tiny(steps=2, amp=True), tmp_path / "split", progress=False)
+    b = _weights(fit(images, tiny(steps=4, amp=True), tmp_path / "split", progress=False).checkpoint)
     assert all(torch.equal(a[net][k], b[net][k]) for net in ("G", "D") for k in a[net])
-    # an amp checkpoint does not resume in float32 (other settings), and fp32 settings omit the key
-    assert train_gan(images, tiny(steps=4), tmp_path / "split", progress=False).resumed_from == 0
-    assert "amp" not in json.loads((tmp_path / "fp32" / "final" / "config.json").read_text())["settings"]
+    # an amp checkpoint does not resume in float32 (other settings)
+    assert fit(images, tiny(steps=4), tmp_path / "split", progress=False).resumed_from == 0
+
+
+def test_a_checkpoint_written_before_a_setting_existed_resumes_at_its_legacy_value(images, tmp_path):
+    # amp, world_size and the model's g_norm came after the first checkpoints: one that lacks them resumes
+    fit(images, tiny(steps=2), tmp_path, progress=False)
+    state, conf = load_checkpoint(tmp_path / "checkpoint.pt")
+    older = {k: v for k, v in conf["settings"].items() if k not in ("amp", "world_size")}
+    older["model"] = {k: v for k, v in older["model"].items() if k != "g_norm"}
+    save_checkpoint(tmp_path / "checkpoint.pt", state, {"settings": older})
+    assert fit(images, tiny(steps=4), tmp_path, progress=False).resumed_from == 2
+    # ... but not under settings that differ from the legacy values (amp on, G without BatchNorm)
+    save_checkpoint(tmp_path / "checkpoint.pt", state, {"settings": older})
+    assert fit(images, tiny(steps=4, g_norm="none"), tmp_path, progress=False).resumed_from == 0
 
 
 def test_a_collapsed_monitor_result_logs_a_warning(images, tmp_path, caplog):
@@ -383,18 +398,18 @@ def test_a_collapsed_monitor_result_logs_a_warning(images, tmp_path, caplog):
         return {"domain_fid": 1.0, "kl": 2.3, "coverage": 1, "mode_collapse": next(verdicts)}
 
     with caplog.at_level("WARNING", logger="ganops"):
-        train_gan(images, tiny(steps=4, monitor_every=2), tmp_path, progress=False, monitor=monitor)
+        fit(images, tiny(steps=4, monitor_every=2), tmp_path, progress=False, hooks=Hooks(monitor=monitor))
     warned = [r.getMessage() for r in caplog.records if "possible mode collapse" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("step 4:"), warned  # only the collapsed check warns
 
 
 def test_progress_bar_shows_losses_d_outputs_and_throughput(images, tmp_path, capsys):
     # README: "A progress bar shows losses, D(x), D(G(z)) and img/s" (tqdm writes to stderr).
-    train_gan(images, tiny(steps=3), tmp_path, progress=True)
+    fit(images, tiny(steps=3), tmp_path, progress=True)
     err = capsys.readouterr().err
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert "3/3" in last
     for key in ("loss_d=", "loss_g=", "Dx=", "DGz=", "img_s="):
         assert key in last, (key, last)
-    train_gan(images, tiny(steps=3, resume=False), tmp_path / "quiet", progress=False)
+    fit(images, tiny(steps=3, resume=False), tmp_path / "quiet", progress=False)
     assert "loss_d=" not in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Stage `classifier`: train the domain classifier that `evaluate` measures generators with.
+"""The domain classifier that `evaluate` measures generators with: training, saving, loading.
 
 Labelled data (two classes or more): a small CNN trained on the prepared real images, with a held-out
 accuracy so its numbers can be trusted, and two checks of what its confidence means: the share of held-out

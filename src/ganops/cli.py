@@ -160,7 +160,7 @@ def train_gan_cmd(
     # Success only: a rank that failed just exits, and torchrun stops the others (a barrier would hang).
     if place.world_size > 1:
         distributed.finish()
-    if place.main:
+    if place.main and result.export is not None:
         typer.echo(f"trained {result.step} steps -> {result.export}/ (MLflow run {run_id})")
         typer.echo(f"final sample grid: {result.export / 'samples.png'}")
 
@@ -263,11 +263,10 @@ def stylize_image(
 ) -> None:
     """Style one PHOTO like one PAINTING with the style.* params (Gatys) -> OUT, logged to MLflow."""
     p = _params(params, set_)
-    saved, m, run_id, extractor = _run(
-        lambda: stages.stylize_image(p, photo, painting, out, progress=progress)
-    )
-    typer.echo(f"{photo.name} x {painting.name} -> {saved} (features {extractor}, loss {m['start_total']:.3g} -> "
-               f"{m['final_total']:.3g}, {m['seconds']:.0f} s; MLflow run {run_id})")  # fmt: skip
+    r = _run(lambda: stages.stylize_image(p, photo, painting, out, progress=progress))
+    m = r.metrics
+    typer.echo(f"{photo.name} x {painting.name} -> {r.output} (features {r.extractor}, loss {m['start_total']:.3g} -> "
+               f"{m['final_total']:.3g}, {m['seconds']:.0f} s; MLflow run {r.run_id})")  # fmt: skip
 
 
 @app.command("stylize-sheet")

@@ -1,4 +1,4 @@
-"""Stage `prepare`: turn a data source into one uint8 image tensor plus labels and a manifest.
+"""Data sources turned into one uint8 image tensor plus labels and a manifest (what stage `prepare` runs).
 
 Sources: ``digits`` (scikit-learn's embedded 8x8 digits, offline), ``mnist`` / ``fashion-mnist`` /
 ``cifar10`` (torchvision layouts under ``data.root``), and ``folder`` (the user's own pictures).

@@ -4,7 +4,8 @@
 environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``). :func:`init` reads
 it and joins the process group: gloo on CPU, nccl on CUDA. The training loop itself takes ``rank`` and
 ``world_size`` as plain values (it wraps the nets in DDP when ``world_size > 1``); this module is the edge
-that turns the launcher's environment into those values, plus the few collectives the loop needs.
+that turns the launcher's environment into those values, plus the few collectives the loop needs
+(object broadcast and gather, sums, buffer averaging, agreeing on a scalar or a flag).
 
 Single node:  ``ganops train-gan --nproc 2`` (re-launches itself through ``torchrun --standalone``)
 Several:      ``torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29400
@@ -105,6 +106,26 @@ def all_sum_(t: torch.Tensor) -> torch.Tensor:
 
     dist.all_reduce(t)
     return t
+
+
+def mean_over_ranks(x: torch.Tensor, ddp: bool) -> float:
+    """A scalar averaged over the ranks (itself when not data-parallel)."""
+    v = x.detach().float().reshape(1).clone()
+    if ddp:
+        all_sum_(v).div_(world_size())
+    return v.item()
+
+
+def any_rank(flag: bool, ddp: bool) -> bool:
+    """True when ``flag`` is true on any rank (a stop request reaches one rank, all must stop together)."""
+    if not ddp:
+        return flag
+    return bool(all_sum_(torch.tensor([float(flag)])).item() > 0)
+
+
+def finite(*nets: torch.nn.Module) -> bool:
+    """Every parameter of every net finite (identical on every rank: checked before anything is written)."""
+    return all(bool(torch.isfinite(t).all()) for net in nets for t in net.parameters())
 
 
 def average_buffers_(*nets: torch.nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""Stage `evaluate`: how good is a generator, in numbers that mean something offline.
+"""How good is a generator, in numbers that mean something offline (what stage `evaluate` reports).
 
 With the domain classifier (see ``classifier.py``), on N generated samples:
 - **coverage**: classes receiving at least ``coverage_min_frac`` of the samples (out of K);
@@ -29,7 +29,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from ganops.classifier import CONFIDENT, Classifier, to_float
 from ganops.config import EvaluateParams
 from ganops.models.classifier import FeatureExtractor
-from ganops.models.gan import Generator
+from ganops.models.gan import Generator, seeded_noise
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's InceptionV3 (FID standard)
 
@@ -44,12 +44,9 @@ def generate(
 ) -> torch.Tensor:
     """``n`` samples from ``G`` in eval mode: (n, C, S, S) float in [-1, 1], on the CPU. Seeded noise."""
     G.eval()
-    return torch.cat([G(c.to(device)).float().cpu() for c in noise(G, n, seed).split(batch_size)])
-
-
-def noise(G: Generator, n: int, seed: int) -> torch.Tensor:
-    """The seeded z (n, Z, 1, 1) behind ``generate(G, n, seed=seed)``."""
-    return torch.randn(n, G.cfg.latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed))
+    return torch.cat(
+        [G(c.to(device)).float().cpu() for c in seeded_noise(n, G.cfg.latent_dim, seed).split(batch_size)]
+    )
 
 
 def asked_classes(G: Generator, n: int, *, seed: int, n_classes: int) -> torch.Tensor | None:
@@ -58,7 +55,7 @@ def asked_classes(G: Generator, n: int, *, seed: int, n_classes: int) -> torch.T
     None unless G is conditional over exactly ``n_classes`` classes (the classifier's: no agreement to
     measure with classes it does not know).
     """
-    return G.labels_for(noise(G, n, seed)) if G.cfg.n_classes == n_classes > 0 else None
+    return G.labels_for(seeded_noise(n, G.cfg.latent_dim, seed)) if G.cfg.n_classes == n_classes > 0 else None
 
 
 def _agreement(probs: torch.Tensor, asked: torch.Tensor) -> float:

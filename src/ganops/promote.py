@@ -1,4 +1,4 @@
-"""Stage `promote`: should the evaluated generator become the champion? A pure decision.
+"""Should the evaluated generator become the champion? A pure decision (what stage `promote` applies).
 
 Lower is better for every promotion metric (domain FID / KID, KL); a tie goes to higher class coverage.
 Numbers are compared only like with like — same dataset content hash and same feature extractor. A

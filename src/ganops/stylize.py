@@ -21,7 +21,6 @@ from tqdm import tqdm
 from ganops import images
 from ganops.config import StyleParams
 from ganops.images import ImageError, open_image, to_tensor
-from ganops.images import save_image as save_image  # re-exported: stages write results through it
 from ganops.losses import content_loss, gram, style_loss, tv_loss
 from ganops.models.style import TransformerConfig, TransformerNet, VGGFeatures
 

@@ -19,6 +19,17 @@ PIPELINE_FILES = ["dvc.yaml", ".gitignore", ".dvcignore", "data/raw/.gitkeep", "
                   "data/paintings/README.md", "data/paintings/starry_night.jpg",
                   "data/paintings/the_scream.jpg", "data/paintings/shipwreck.jpg"]  # fmt: skip
 
+# The whole pipeline at toy sizes (seconds per stage): what the DVC tests reproduce. An experiment reproduces
+# every stage, style included, so those are tiny too.
+TINY_PIPELINE = {
+    "data": {"image_size": 16, "limit": 0},
+    "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
+            "checkpoint_every": 3, "log_every": 2, "grid_samples": 16, "monitor_every": 0},
+    "classifier": {"epochs": 1},
+    "evaluate": {"kid_subset_size": 20, "n_samples": 200},
+    "style": {"size": 32, "steps": 3, "style_layers": {"relu1_1": 1.0, "relu2_1": 1.0}},
+}  # fmt: skip
+
 
 def sh(
     cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: int = 600
@@ -57,6 +68,17 @@ def new_project(
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], d, env)
     sh(["dvc", "init", "-q"], d, env)
+
+
+def flow_project(tmp_path: Path, edit_params: Callable[[dict], None]) -> tuple[Path, Path, dict[str, str]]:
+    """A project for the flows (``flows/`` and ``src/`` copied in) in ``tmp_path/proj``, and a Prefect home
+    beside it; returns (project, home, env with ``PREFECT_HOME``)."""
+    d, home = tmp_path / "proj", tmp_path / "home"
+    d.mkdir()
+    home.mkdir()
+    env = project_env(PREFECT_HOME=str(home / "prefect"))
+    new_project(d, env, edit_params, copy=("flows", "src"))
+    return d, home, env
 
 
 def tiny_project(d: Path, env: dict[str, str], groups: dict[str, dict], *, commit: bool = True) -> Path:

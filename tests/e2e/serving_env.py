@@ -14,8 +14,15 @@ import torch
 
 from ganops.config import PLAIN_DCGAN, DataParams, GanParams, parse_params
 from ganops.data import manifest, prepare
-from ganops.tracking import RunContext, register_generator, set_alias, start_run
-from ganops.train_gan import train_gan
+from ganops.tracking import (
+    STYLE_NET_ARTIFACT,
+    RunContext,
+    register_generator,
+    set_alias,
+    start_run,
+    style_model_name,
+)
+from ganops.train_gan import fit
 from tests.e2e.servers import start_server, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +38,7 @@ def train_version(root: Path, uri: str, seed: int = 0, metrics: dict | None = No
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         with start_run(parse_params({}), ctx=RunContext("test"), data_hash="h" * 64, root=root) as run:
-            r = train_gan(d.images, p, root / f"gan{seed}", labels=d.labels, seed=seed, progress=False)
+            r = fit(d.images, p, root / f"gan{seed}", labels=d.labels, seed=seed, progress=False)
             run.log_artifacts(r.export, "checkpoint")
         m = {"dataset_hash": manifest(d)["content_hash"], "extractor": "test", "domain_fid": 1.5,
              "baseline_fid": 0.25} | (metrics or {})  # fmt: skip
@@ -75,8 +82,10 @@ def register_style_net(root: Path) -> None:
         extractor=vgg.name,
         root=root,
     ) as run:
-        run.log_artifacts(folder, "checkpoint")
-        register_folder(run.run_id, "checkpoint", "ganops-style-waves", "champion", {"style": "waves"})
+        run.log_artifacts(folder, STYLE_NET_ARTIFACT)
+        register_folder(
+            run.run_id, STYLE_NET_ARTIFACT, style_model_name("waves"), "champion", {"style": "waves"}
+        )
 
 
 @contextmanager

@@ -26,7 +26,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ganops.config import PLAIN_DCGAN, GanParams
-from ganops.train_gan import train_gan
+from ganops.distributed import Place
+from ganops.train_gan import Hooks, fit
 
 pytestmark = pytest.mark.e2e
 
@@ -60,8 +61,7 @@ def _rank(rank: int, world: int, init: str, params: dict, tmp: str) -> None:
             if step == K:
                 torch.save(_nets_state(G, D), Path(tmp) / f"rank{rank}.pt")
 
-        r = train_gan(_images(), GanParams(**params, batch_size=B), out, rank=rank, world_size=world,
-                      after_step=save, progress=False)  # fmt: skip
+        r = fit(_images(), GanParams(**params, batch_size=B), out, progress=False, place=Place(rank=rank, world_size=world), hooks=Hooks(after_step=save))  # fmt: skip
         torch.save(
             {"export": r.export is not None, "history": len(r.history)}, Path(tmp) / f"result{rank}.pt"
         )
@@ -82,7 +82,7 @@ def _one_process(tmp: Path, params: dict, at: int = K) -> dict:
         if step == at:
             seen.update(_nets_state(G, D))
 
-    train_gan(_images(), GanParams(**params, batch_size=2 * B), tmp, after_step=save, progress=False)
+    fit(_images(), GanParams(**params, batch_size=2 * B), tmp, progress=False, hooks=Hooks(after_step=save))
     return seen
 
 

@@ -9,18 +9,10 @@ import subprocess
 
 import pytest
 
-from tests.e2e.project import project_env, sh, tiny_project
+from tests.e2e.project import TINY_PIPELINE, project_env, sh, tiny_project
 
 pytestmark = pytest.mark.e2e
 
-TINY = {
-    "data": {"image_size": 16, "limit": 0},
-    "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
-            "checkpoint_every": 3, "log_every": 2, "grid_samples": 16, "monitor_every": 0},
-    "classifier": {"epochs": 1},
-    "evaluate": {"kid_subset_size": 20, "n_samples": 200},
-    "style": {"size": 32, "steps": 3, "style_layers": {"relu1_1": 1.0, "relu2_1": 1.0}},
-}  # fmt: skip
 STAGES = ("prepare", "train_gan", "classifier", "evaluate", "promote", "stylize_sheet")
 
 
@@ -28,7 +20,7 @@ def test_push_then_fresh_clone_pulls_and_repro_runs_nothing(tmp_path):
     env = project_env()
     d, remote, clone = tmp_path / "project", tmp_path / "remote", tmp_path / "clone"
     d.mkdir()
-    tiny_project(d, env, TINY, commit=False)
+    tiny_project(d, env, TINY_PIPELINE, commit=False)
     sh(["dvc", "remote", "add", "-d", "store", str(remote)], d, env)
     r = sh(["dvc", "repro"], d, env)
     assert all(f"Running stage '{s}'" in r.stdout for s in STAGES)

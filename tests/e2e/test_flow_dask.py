@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.project import new_project, project_env
+from tests.e2e.project import flow_project
 from tests.e2e.servers import flows_served, free_port, prefect_server, run_deployment, stop
 from tests.e2e.test_flows import STYLE_TINY
 
@@ -42,16 +42,10 @@ def _scheduler(d, env: dict, home):  # noqa: ANN001, ANN202 - (address, [process
 
 @pytest.mark.parametrize("where", ["local_cluster", "scheduler_address"])
 def test_style_transfer_on_dask(tmp_path, where):
-    d = tmp_path / "proj"
-    d.mkdir()
-    home = tmp_path / "home"
-    home.mkdir()
-    env = project_env(PREFECT_HOME=str(home / "prefect"))
-
     def edit(params: dict) -> None:
         params["style"].update(size=32, steps=3, style_layers={"relu1_1": 1.0, "relu2_1": 1.0})
 
-    new_project(d, env, edit, copy=("flows", "src"))
+    d, home, env = flow_project(tmp_path, edit)
     dask: list[subprocess.Popen] = []
     with prefect_server(d, env, home / "server.log") as api:
         env["PREFECT_API_URL"] = api

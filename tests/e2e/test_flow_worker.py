@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.e2e.project import ROOT, new_project, project_env, sh
+from tests.e2e.project import ROOT, flow_project, sh
 from tests.e2e.servers import prefect_server, stop
 from tests.e2e.test_flows import TINY
 
@@ -26,16 +26,10 @@ POOL = "ganops-process"  # the pool prefect.yaml names
 
 
 def test_process_pool_worker_runs_a_deployment_and_registers_a_version(tmp_path):
-    d = tmp_path / "proj"
-    d.mkdir()
-    home = tmp_path / "home"
-    home.mkdir()
-    env = project_env(PREFECT_HOME=str(home / "prefect"))
-
     def edit(params: dict) -> None:
         params["data"].update(source="folder", root="data/raw/own")
 
-    new_project(d, env, edit, copy=("flows", "src"))
+    d, home, env = flow_project(tmp_path, edit)
     shutil.copy(ROOT / "prefect.yaml", d / "prefect.yaml")
     (d / "data/raw/own").mkdir(parents=True)
     for i in range(20):

@@ -19,20 +19,11 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.project import BIN, ROOT, project_env, sh, tiny_project
+from tests.e2e.project import BIN, ROOT, TINY_PIPELINE, project_env, sh, tiny_project
 from tests.e2e.servers import start_server, stop
 
 pytestmark = pytest.mark.e2e
 
-TINY = {
-    "data": {"image_size": 16, "limit": 0},
-    "gan": {"steps": 6, "batch_size": 16, "ngf": 4, "ndf": 4, "latent_dim": 8, "sample_every": 3,
-            "checkpoint_every": 3, "log_every": 2, "grid_samples": 16, "monitor_every": 0},
-    "classifier": {"epochs": 1},
-    "evaluate": {"kid_subset_size": 20, "n_samples": 200},
-    # an experiment reproduces the whole pipeline, style stages included: keep them tiny too
-    "style": {"size": 32, "steps": 3, "style_layers": {"relu1_1": 1.0, "relu2_1": 1.0}},
-}  # fmt: skip
 GAN_STAGES = ["prepare", "classifier", "train_gan", "evaluate", "promote"]
 
 
@@ -40,7 +31,7 @@ GAN_STAGES = ["prepare", "classifier", "train_gan", "evaluate", "promote"]
 def repo(tmp_path_factory):
     d = tmp_path_factory.mktemp("lineage")
     env = project_env()
-    tiny_project(d, env, TINY)
+    tiny_project(d, env, TINY_PIPELINE)
     sh(["dvc", "repro", "promote"], d, env)
     sh(["git", "add", "-A"], d, env)
     sh(["git", "commit", "-qm", "baseline"], d, env)

@@ -20,7 +20,7 @@ import pytest
 from ganops.config import PLAIN_DCGAN, DataParams, GanParams, parse_params
 from ganops.data import manifest, prepare
 from ganops.tracking import RunContext, register_generator, set_alias, start_run
-from ganops.train_gan import train_gan
+from ganops.train_gan import fit
 from tests.e2e.servers import free_port, stop
 from tests.e2e.serving_env import ROOT, serve
 
@@ -42,7 +42,7 @@ def plain():
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         with start_run(parse_params({}), ctx=RunContext("test"), data_hash="h", root=tmp) as run:
-            r = train_gan(d.images, p, tmp / "gan", progress=False)  # no labels: unconditional
+            r = fit(d.images, p, tmp / "gan", progress=False)  # no labels: unconditional
             run.log_artifacts(r.export, "checkpoint")
         facts = register_generator(run.run_id, "my-gen", {"dataset_hash": manifest(d)["content_hash"]})
         set_alias("my-gen", "prod", facts["version"])

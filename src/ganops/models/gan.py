@@ -77,15 +77,21 @@ class GANConfig:
         return int(math.log2(self.image_size)) - 2
 
     def to_dict(self) -> dict:
-        """JSON-ready (a list for class_counts), so a dict read back from a checkpoint compares equal.
+        """JSON-ready (a list for class_counts), every field: a dict read back from a checkpoint compares
+        equal once :meth:`from_dict` has filled in what an older one lacks."""
+        return {**asdict(self), "class_counts": list(self.class_counts)}
 
-        ``g_norm`` is left out at its default: checkpoints written before it existed hold no such key, and
-        must still resume (their settings compare equal) and load.
-        """
-        d = {**asdict(self), "class_counts": list(self.class_counts)}
-        if d["g_norm"] == "batch":
-            del d["g_norm"]
-        return d
+    @classmethod
+    def from_dict(cls, d: dict) -> GANConfig:
+        """The config a checkpoint or export stored. A key it lacks (written before that option existed)
+        takes its :data:`LEGACY` value, the one that rebuilds the nets that version had."""
+        return cls(**{**LEGACY, **d})
+
+
+# Options added after the first registered versions, at the value that reproduces a version without the key.
+# New options go here with their legacy value, so every older checkpoint, export and registered version
+# still loads, serves and resumes (their settings compare equal).
+LEGACY: dict[str, object] = {"g_norm": "batch"}
 
 
 class Generator(nn.Module):
@@ -176,6 +182,13 @@ def class_cdf(class_counts: Sequence[int]) -> torch.Tensor:
     """(K,) float64: the class frequencies, cumulated (the last entry is 1)."""
     counts = torch.tensor(list(class_counts), dtype=torch.float64)
     return counts.cumsum(0) / counts.sum()
+
+
+def seeded_noise(n: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """(n, Z, 1, 1) standard normal noise drawn on the CPU from ``seed`` alone: the one rule that turns a
+    seed into G's input, for the training grids' fixed noise, evaluation and serving (same seed -> same
+    images everywhere)."""
+    return torch.randn(n, latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed))
 
 
 def noise_for_class(z: torch.Tensor, labels: torch.Tensor, class_counts: Sequence[int]) -> torch.Tensor:
@@ -313,6 +326,6 @@ def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> Ge
     from ganops.artifacts import load_folder
 
     state, config = load_folder(folder, "generator.pt", map_location=device)
-    g = Generator(GANConfig(**config["model"]))
+    g = Generator(GANConfig.from_dict(config["model"]))
     g.load_state_dict(state)
     return g.to(device).eval()

@@ -6,16 +6,21 @@ there is one implementation of each step. Paths hang off a project ``root`` (the
 Failures a user can fix raise :data:`USER_ERRORS`; their messages say what to do.
 
 - :mod:`~ganops.stages.common`: :class:`Layout`, the errors, shared I/O helpers.
-- :mod:`~ganops.stages.gan`: ``prepare``, ``train_gan``, ``classifier``, ``evaluate``, ``promote``.
-- :mod:`~ganops.stages.style`: ``stylize`` (setup + one run per pair), ``stylize_image``, ``stylize_sheet``.
+- one module per GAN stage, named for it: :mod:`~ganops.stages.prepare`, :mod:`~ganops.stages.classifier`,
+  :mod:`~ganops.stages.train_gan`, :mod:`~ganops.stages.evaluate`, :mod:`~ganops.stages.promote`.
+- :mod:`~ganops.stages.style`: ``stylize`` (setup, a fast net's training, a run per pair), ``stylize_image``;
+  :mod:`~ganops.stages.style_sheet`: ``stylize_sheet``.
 
 Callers use ``from ganops import stages; stages.train_gan(...)``. A call made inside a submodule looks its
 names up there: a test that monkeypatches one (rather than a caller's ``stages.<name>``) patches it in the
 submodule.
 """
 
+from ganops.stages.classifier import classifier
 from ganops.stages.common import USER_ERRORS, Layout, StageError, Stopped
-from ganops.stages.gan import classifier, evaluate, prepare, promote, train_gan
+from ganops.stages.evaluate import evaluate
+from ganops.stages.prepare import prepare
+from ganops.stages.promote import promote
 from ganops.stages.style import (
     StyleJob,
     style_job,
@@ -23,8 +28,9 @@ from ganops.stages.style import (
     stylize_image,
     stylize_pair,
     stylize_setup,
-    stylize_sheet,
 )
+from ganops.stages.style_sheet import stylize_sheet
+from ganops.stages.train_gan import train_gan
 
 __all__ = [
     "USER_ERRORS",

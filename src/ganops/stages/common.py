@@ -8,9 +8,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from ganops.artifacts import atomic_write
+from ganops.classifier import Classifier, load_classifier
 from ganops.config import Params, ParamsError
-from ganops.data import DataError
+from ganops.data import DataError, load_prepared
 from ganops.devices import DeviceError
 from ganops.evaluate import EvaluationError
 from ganops.models.style import StyleWeightsError
@@ -60,6 +65,10 @@ class Layout:
         return self.root / "models/gan"
 
     @property
+    def run_file(self) -> Path:
+        return self.gan / "run.json"
+
+    @property
     def classifier(self) -> Path:
         return self.root / "models/classifier"
 
@@ -80,16 +89,44 @@ class Layout:
         return self.root / "data/stylized_sheet.png"
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def prepared_data(at: Layout, p: Params):  # noqa: ANN202 - (images, labels, manifest)
-    from ganops.data import load_prepared
-
+def prepared_data(at: Layout, p: Params) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(images (N, C, S, S) uint8, labels (N,), manifest) of ``data/prepared``, checked against the params."""
     images, labels, man = load_prepared(at.prepared)
     if images.shape[-1] != p.data.image_size:
         raise StageError(f"{at.prepared} holds {images.shape[-1]}px images but data.image_size is "
                          f"{p.data.image_size}: run `ganops prepare` (or `dvc repro`) first")  # fmt: skip
     return images, labels, man
+
+
+def classifier_for(at: Layout, data_hash: str) -> Classifier:
+    """The saved domain classifier, if it was trained on the data with ``data_hash``."""
+    if not (at.classifier / "config.json").is_file():
+        raise StageError(f"{at.classifier} is missing: run `ganops classifier` (or `dvc repro`) first")
+    clf = load_classifier(at.classifier)
+    if clf.info.get("data_hash") != data_hash:
+        raise StageError(
+            f"{at.classifier} was trained on other data: run `ganops classifier` (or `dvc repro`) first"
+        )
+    return clf
+
+
+# ----------------------------------------------------------------------------- the training run's MLflow id
+# `train_gan` owns its MLflow run: it writes the run's id to models/gan/run.json when the run opens, and the
+# step it reached when training finished (the exports in models/gan are then that run's). `evaluate` reads
+# it from there; the loop and its checkpoints never carry it.
+
+
+def write_run_file(at: Layout, run_id: str, step: int | None = None) -> None:
+    """``models/gan/run.json``: the MLflow run training logs to; ``step`` once it finished."""
+    facts: dict[str, Any] = {"mlflow_run_id": run_id} | ({"step": step} if step is not None else {})
+    atomic_write(at.run_file, json.dumps(facts, indent=2) + "\n")
+
+
+def read_run_file(at: Layout) -> dict[str, Any]:
+    """What :func:`write_run_file` wrote ({} when there is none: a workspace trained before it existed)."""
+    return json.loads(at.run_file.read_text()) if at.run_file.is_file() else {}

@@ -1,38 +1,72 @@
-"""The style-transfer stages: ``stylize@<style>`` (setup, then one MLflow run per content x style pair),
-``stylize_sheet`` (the labelled contact sheet), and ``ganops stylize-image`` (one photo, one painting).
+"""Stage ``stylize@<style>``: one style's setup (checks, a fast net's training), then every content photo in
+its own MLflow run; and ``ganops stylize-image``, the same pair for one photo and one painting.
 
-A style's inputs are validated and loaded by :func:`ganops.stylize.style_inputs`; this module sequences
-the work, writes the outputs and logs to MLflow (through :mod:`ganops.tracking`).
+The work of a style is described by a :class:`StyleJob` (its photos, its style images, the feature
+extractor, the fast net if any), built from params and files alone, without side effects: in this process
+by :func:`stylize_setup`, in a Dask worker by :func:`style_job`. The pictures' maths is
+:mod:`ganops.stylize`; this module sequences it, writes the outputs and logs to MLflow (through
+:mod:`ganops.tracking`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ganops.artifacts import save_folder
 from ganops.config import Params
+from ganops.images import save_image
+from ganops.models.style import TransformerNet, VGGFeatures, build_vgg, load_style_net
 from ganops.stages.common import Layout, StageError, write_json
-from ganops.stylize import StyleError
-from ganops.tracking import RunContext
+from ganops.stylize import (
+    fast_stylize,
+    gatys,
+    load_contents,
+    load_image,
+    resize_long,
+    style_inputs,
+    train_fast,
+)
+from ganops.tracking import STYLE_NET_ARTIFACT, RunContext, register_folder, style_model_name, style_run
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StyleJob:
-    """What every pair of one style needs: images, the feature extractor, the fast net if any."""
+    """What every pair of one style needs. Plain values and the nets: a worker in another process rebuilds
+    it from params and paths (:func:`style_job`) rather than receiving it.
+
+    Attributes:
+        style: the output name (an entry of ``style.styles``; for ``stylize-image``, the painting's stem).
+        contents: the content photos, sorted.
+        styles: [(style image (1, 3, H, W) in [0, 1], blend weight)].
+        vgg: the frozen feature extractor holding ``style.content_layer`` and ``style.style_layers``.
+        net: the style's fast net (``style.method: fast``); None: each pair is optimised (Gatys).
+    """
 
     style: str
     contents: list[Path]
-    styles: list[tuple[Any, float]]  # [(image (1, 3, H, W), blend weight)]
-    vgg: Any
-    net: Any = None
+    styles: list[tuple[torch.Tensor, float]]
+    vgg: VGGFeatures
+    net: TransformerNet | None = None
+
+
+@dataclass(frozen=True)
+class StyledPair:
+    """What one pair made: the PNG, its metrics, the MLflow run that holds both, the extractor used."""
+
+    output: Path
+    metrics: dict[str, float]  # gatys: final_<term>, start_total, evaluations; both methods: seconds
+    run_id: str
+    extractor: str
 
 
 def _blend(p: Params, style: str) -> dict[str, float]:
@@ -42,72 +76,95 @@ def _blend(p: Params, style: str) -> dict[str, float]:
     return p.style.styles[style]
 
 
-def _save_style_model(folder: Path, config: dict[str, Any], net: Any = None) -> None:
-    """Write a style's model folder: the fast net's weights ``transformer.pt`` (if any), then ``config.json``."""
-    from ganops.artifacts import save_folder
-
-    save_folder(
-        folder, {"transformer.pt": net.state_dict()} if net is not None else {}, config, newline=False
-    )
-
-
-def _load_fast_net(folder: Path) -> Any:
-    """The fast net that :func:`_save_style_model` wrote to ``folder``, in eval mode on the CPU."""
-    from ganops.models.style import load_style_net
-
-    return load_style_net(folder)
-
-
-def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunContext = RunContext(),
-                  progress: bool = True, echo: Callable[[str], None] = log.info) -> StyleJob:  # fmt: skip
-    """Validate and load one style's inputs, clear its outputs, train + register its fast net if asked."""
-    from ganops.models.style import build_vgg
-    from ganops.stylize import load_contents, style_inputs, train_fast
-    from ganops.tracking import register_folder, style_run
-
+def _extractor(p: Params) -> VGGFeatures:
+    """The VGG19 feature slices the style params name (``style.weights``, the content and style layers)."""
     sp = p.style
-    blend = _blend(p, style)
-    fast = sp.method == "fast"
-    contents, styles = style_inputs(sp, blend, at.root, check_contents=not fast)
-    imgs = list(load_contents(contents, sp)) if fast else []  # a fast net trains on every photo
-    vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
-    log.info("feature extractor: %s", vgg.name)  # never hide the offline fallback
-    out, models = at.stylized / style, at.style_models / style
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(models, ignore_errors=True)
-    job = StyleJob(style, contents, styles, vgg)
-    if fast:
-        with style_run(p, ctx=ctx, style=style, content="(training)", extractor=vgg.name,
-                       root=at.tracking) as run:  # fmt: skip
-            job.net = train_fast(
-                imgs, styles, vgg, sp, seed=p.base.seed, progress=progress, on_metrics=run.on_metrics
-            )
-            made = {"method": "fast", "model": job.net.cfg.to_dict(), "style": style, "blend": blend,
-                    "extractor": vgg.name, "precision": job.net.precision}  # fmt: skip
-            _save_style_model(models, made, job.net)
-            run.log_artifacts(models, "checkpoint")
-            version = register_folder(run.run_id, "checkpoint", f"ganops-style-{style}", "champion",
-                                      {"style": style, "extractor": vgg.name})  # fmt: skip
-        echo(f"fast net for {style} -> {models}/ (registered ganops-style-{style} v{version})")
-    else:
-        _save_style_model(models, {"method": "gatys", "style": style, "blend": blend, "extractor": vgg.name})
-    return job
+    return build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
+
+
+def _new_job(p: Params, style: str, at: Layout, *, check_contents: bool) -> StyleJob:
+    """``style``'s job without a fast net: inputs validated and loaded (see ``style_inputs``), VGG built."""
+    contents, styles = style_inputs(p.style, _blend(p, style), at.root, check_contents=check_contents)
+    return StyleJob(style, contents, styles, _extractor(p))
 
 
 def style_job(p: Params, style: str, at: Layout = Layout()) -> StyleJob:
     """The :class:`StyleJob` that :func:`stylize_setup` made for ``style``, rebuilt from params and files
     alone, with no side effect: for a worker in another process (Prefect on Dask), which receives paths and
-    params, never tensors or the feature extractor. A fast net is loaded from what setup saved."""
-    from ganops.models.style import build_vgg
-    from ganops.stylize import style_inputs
-
-    sp = p.style
-    contents, styles = style_inputs(sp, _blend(p, style), at.root, check_contents=False)
-    vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
-    job = StyleJob(style, contents, styles, vgg)
-    if sp.method == "fast":
-        job.net = _load_fast_net(at.style_models / style)
+    params, never tensors or the feature extractor. A fast net is loaded from the folder setup saved."""
+    job = _new_job(p, style, at, check_contents=False)  # setup checked every photo
+    if p.style.method == "fast":
+        return replace(job, net=load_style_net(at.style_models / style))
     return job
+
+
+def _save_style_model(folder: Path, config: dict[str, Any], net: TransformerNet | None = None) -> None:
+    """Write a style's model folder: the fast net's weights ``transformer.pt`` (if any), then ``config.json``
+    (what :func:`ganops.models.style.load_style_net` reads back, and the sheet's corner)."""
+    weights = {"transformer.pt": net.state_dict()} if net is not None else {}
+    save_folder(folder, weights, config, newline=False)
+
+
+def train_style_net(
+    p: Params,
+    job: StyleJob,
+    photos: list[torch.Tensor],
+    at: Layout = Layout(),
+    *,
+    ctx: RunContext = RunContext(),
+    progress: bool = True,
+    echo: Callable[[str], None] = log.info,
+) -> TransformerNet:
+    """Train ``job.style``'s fast net in its own MLflow run, save it to ``models/style/<style>/``, log that
+    folder and register it as a new version of ``ganops-style-<style>``, aliased ``promote.alias`` at once.
+
+    Args:
+        job: the style's job (its style images and feature extractor; ``net`` unused).
+        photos: every content photo, (1, 3, H, W) in [0, 1]; each step draws from all of them.
+
+    Returns:
+        The trained net, in eval mode.
+    """
+    style, vgg, folder = job.style, job.vgg, at.style_models / job.style
+    name = style_model_name(style)
+    with style_run(p, ctx=ctx, style=style, content="(training)", extractor=vgg.name,
+                   root=at.tracking) as run:  # fmt: skip
+        net = train_fast(
+            photos, job.styles, vgg, p.style, seed=p.base.seed, progress=progress, on_metrics=run.on_metrics
+        )
+        made = {"method": "fast", "model": net.cfg.to_dict(), "style": style, "blend": _blend(p, style),
+                "extractor": vgg.name, "precision": net.precision}  # fmt: skip
+        _save_style_model(folder, made, net)
+        run.log_artifacts(folder, STYLE_NET_ARTIFACT)
+        version = register_folder(run.run_id, STYLE_NET_ARTIFACT, name, p.promote.alias,
+                                  {"style": style, "extractor": vgg.name})  # fmt: skip
+    echo(f"fast net for {style} -> {folder}/ (registered {name} v{version})")
+    return net
+
+
+def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunContext = RunContext(),
+                  progress: bool = True, echo: Callable[[str], None] = log.info) -> StyleJob:  # fmt: skip
+    """Check and load one style's inputs, clear its outputs, then write its model folder: a fast net trained
+    by :func:`train_style_net` (``style.method: fast``), or the config alone (Gatys).
+
+    Every input is read before anything is cleared: a bad photo or style image (StyleError) or an unknown
+    style (StageError) leaves the previous outputs in place.
+
+    Returns:
+        The job every pair of the style runs (with its fast net, if any).
+    """
+    sp = p.style
+    fast = sp.method == "fast"
+    job = _new_job(p, style, at, check_contents=not fast)
+    photos = list(load_contents(job.contents, sp)) if fast else []  # a fast net trains on every photo
+    log.info("feature extractor: %s", job.vgg.name)  # never hide the offline fallback
+    shutil.rmtree(at.stylized / style, ignore_errors=True)
+    shutil.rmtree(at.style_models / style, ignore_errors=True)
+    if not fast:
+        made = {"method": "gatys", "style": style, "blend": _blend(p, style), "extractor": job.vgg.name}
+        _save_style_model(at.style_models / style, made)
+        return job
+    return replace(job, net=train_style_net(p, job, photos, at, ctx=ctx, progress=progress, echo=echo))
 
 
 def stylize_pair(
@@ -116,14 +173,18 @@ def stylize_pair(
     content: Path,
     at: Layout = Layout(),
     *,
+    out: Path | None = None,
     ctx: RunContext = RunContext(),
     progress: bool = False,
-) -> tuple[Path, dict[str, float]]:
-    """One content x style pair in its own MLflow run; returns (output path, metrics)."""
-    from ganops.stylize import fast_stylize, gatys, load_image, resize_long, save_image
-    from ganops.tracking import style_run
+) -> StyledPair:
+    """One content x style pair in its own MLflow run: the fast net's forward pass, or Gatys's optimisation.
 
+    Args:
+        content: the photo (one of ``job.contents`` in the stage).
+        out: where the PNG goes; default ``data/stylized/<style>/<photo stem>.png`` under ``at``.
+    """
     img = load_image(content, p.style.max_side)
+    out = out or at.stylized / job.style / f"{content.stem}.png"
     with style_run(p, ctx=ctx, style=job.style, content=content.stem, extractor=job.vgg.name,
                    root=at.tracking) as run:  # fmt: skip
         t0 = time.perf_counter()
@@ -136,10 +197,10 @@ def stylize_pair(
             metrics = {f"final_{k}": v for k, v in r.losses.items()}
             metrics |= {"start_total": r.start_total, "evaluations": float(r.evaluations)}
         metrics["seconds"] = time.perf_counter() - t0
-        saved = save_image(result, at.stylized / job.style / f"{content.stem}.png")
+        saved = save_image(result, out)
         run.log_metrics(metrics)
         run.log_artifact(saved, "stylized")
-    return saved, metrics
+    return StyledPair(saved, metrics, run.run_id, job.vgg.name)
 
 
 def stylize(
@@ -156,13 +217,14 @@ def stylize(
     echo(f"{style}: feature extractor {job.vgg.name}, method {p.style.method}")
     written, pairs = [], {}
     for content in job.contents:
-        saved, m = stylize_pair(p, job, content, at, ctx=ctx, progress=progress)
-        written.append(saved)
+        r = stylize_pair(p, job, content, at, ctx=ctx, progress=progress)
+        m = r.metrics
+        written.append(r.output)
         pairs[content.stem] = {k: round(v, 6) for k, v in m.items()}
         loss = f" (loss {m['start_total']:.3g} -> {m['final_total']:.3g})" if "final_total" in m else ""
-        echo(f"{style} x {content.name} -> {saved}{loss}")
+        echo(f"{style} x {content.name} -> {r.output}{loss}")
     write_json(at.metrics / "stylize" / f"{style}.json",
-                {"extractor": job.vgg.name, "method": p.style.method, "pairs": pairs})  # fmt: skip
+               {"extractor": job.vgg.name, "method": p.style.method, "pairs": pairs})  # fmt: skip
     return written
 
 
@@ -175,62 +237,16 @@ def stylize_image(
     *,
     ctx: RunContext = RunContext(),
     progress: bool = True,
-) -> tuple[Path, dict[str, float], str, str]:
-    """`ganops stylize-image`: one photo in one painting's style (Gatys), one MLflow run like a stage pair.
-
-    Returns:
-        (output path, metrics, MLflow run id, feature extractor name).
-    """
-    from ganops.models.style import build_vgg
-    from ganops.stylize import gatys, load_image, save_image
-    from ganops.tracking import style_run
-
+) -> StyledPair:
+    """`ganops stylize-image`: one photo in one painting's style (Gatys): the stage's pair, for a job of one
+    photo whose style is the painting (named by its file stem), written to ``out``."""
     sp = p.style
     if sp.method != "gatys":
         raise StageError("stylize-image optimises one picture (style.method=gatys); a fast net is trained "
                          "per style by `ganops stylize --style NAME -S style.method=fast`")  # fmt: skip
     if out.suffix.lower() != ".png":
         raise StageError(f"{out}: the output is written as PNG; give a file name ending in .png")
-    img, style = load_image(photo, sp.max_side), load_image(painting, sp.max_side)  # both before any work
-    vgg = build_vgg(sp.weights, [sp.content_layer, *sp.style_layers], seed=p.base.seed)
-    log.info("feature extractor: %s", vgg.name)
-    with style_run(p, ctx=ctx, style=painting.stem, content=photo.stem, extractor=vgg.name,
-                   root=at.tracking) as run:  # fmt: skip
-        t0 = time.perf_counter()
-        r = gatys(img, [(style, 1.0)], vgg, sp, seed=p.base.seed, progress=progress)
-        metrics = {f"final_{k}": v for k, v in r.losses.items()}
-        metrics |= {"start_total": r.start_total, "evaluations": float(r.evaluations),
-                    "seconds": time.perf_counter() - t0}  # fmt: skip
-        saved = save_image(r.image, out)
-        run.log_metrics(metrics)
-        run.log_artifact(saved, "stylized")
-    return saved, metrics, run.run_id, vgg.name
-
-
-def stylize_sheet(p: Params, at: Layout = Layout()) -> tuple[Path, int, int]:
-    """Stage `stylize_sheet`: the labelled contact sheet; returns (sheet path, contents, styles)."""
-    from ganops.sheet import SheetStyle, labelled_sheet, save_png
-    from ganops.stylize import list_images, load_image, style_files
-
-    sp = p.style
-    try:
-        files = list_images(at.root / sp.content_dir)
-        contents = [(f.stem, load_image(f, 512)) for f in files]
-        columns = []
-        for s, blend in sp.styles.items():
-            imgs = [(f.stem, load_image(f, 512), w) for f, w in style_files(at.root / sp.style_dir, blend)]
-            col = SheetStyle(s, imgs, [load_image(at.stylized / s / f"{f.stem}.png", 512) for f in files])
-            columns.append(col)
-    except StyleError as err:
-        raise StageError(f"{err}: run `dvc repro` (or `ganops stylize --style ...`) first") from None
-    made = {}  # how each column was made, from the stage's models/style/<name>/config.json
-    for s in sp.styles:
-        cfg = at.style_models / s / "config.json"
-        made[s] = json.loads(cfg.read_text()) if cfg.is_file() else {}
-    extractors = sorted({m.get("extractor", "extractor unknown") for m in made.values()})
-    methods = sorted({m.get("method", sp.method) for m in made.values()})
-    caption = "\n".join(
-        ["rows: photos", "columns: styles", *extractors, " / ".join(methods) + f", {sp.size} px"]
-    )
-    save_png(labelled_sheet(contents, columns, tile=192, caption=caption), at.sheet)
-    return at.sheet, len(contents), len(columns)
+    load_image(photo, sp.max_side)  # both images load before any work (the pair reads the photo again)
+    job = StyleJob(painting.stem, [photo], [(load_image(painting, sp.max_side), 1.0)], _extractor(p))
+    log.info("feature extractor: %s", job.vgg.name)
+    return stylize_pair(p, job, photo, at, out=out, ctx=ctx, progress=progress)

@@ -9,6 +9,8 @@ that looks it up (e.g. ``ganops.tracking.runs.use_store``), not here.
 """
 
 from ganops.tracking.registry import (
+    STYLE_NET_ARTIFACT,
+    STYLE_PREFIX,
     aliased_with_prefix,
     champion,
     download_champion,
@@ -19,6 +21,7 @@ from ganops.tracking.registry import (
     registered_with_prefix,
     registry_lock,
     set_alias,
+    style_model_name,
 )
 from ganops.tracking.runs import (
     RunContext,
@@ -41,6 +44,8 @@ from ganops.tracking.store import (
 )
 
 __all__ = [
+    "STYLE_NET_ARTIFACT",
+    "STYLE_PREFIX",
     "RunContext",
     "RunLogger",
     "TrackingError",
@@ -63,6 +68,7 @@ __all__ = [
     "run_params",
     "set_alias",
     "start_run",
+    "style_model_name",
     "style_run",
     "tracking_uri",
     "use_store",

@@ -187,6 +187,21 @@ def model_versions(name: str, limit: int = 50) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- style nets
+# A style's fast nets are the versions of one registered model per style, ``ganops-style-<style>``; each
+# training registers a version and points the alias at it at once. The alias is the generator's
+# (``promote.alias``): the service looks up the generator and every style net under one alias
+# (``GANOPS_MODEL_ALIAS``), so a project promoting to another alias serves its style nets too.
+
+STYLE_PREFIX = "ganops-style-"
+# The artifact path of a style net's folder in its training run (weights + config.json). Versions
+# registered before it had this name point at ``checkpoint``: readers go through the version
+# (``models:/<name>/<version>``), never through the path, so both keep loading.
+STYLE_NET_ARTIFACT = "style_net"
+
+
+def style_model_name(style: str) -> str:
+    """The registered model holding ``style``'s fast nets: ``ganops-style-<style>``."""
+    return STYLE_PREFIX + style
 
 
 def register_folder(run_id: str, artifact_path: str, name: str, alias: str, tags: dict[str, Any]) -> int:

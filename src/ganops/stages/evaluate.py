@@ -1,0 +1,60 @@
+"""Stage ``evaluate``: score the trained generator against the real data -> ``metrics/evaluate.json`` and the
+training's MLflow run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ganops.artifacts import load_config
+from ganops.classifier import to_float
+from ganops.config import Params
+from ganops.devices import resolve_device
+from ganops.evaluate import asked_classes, evaluate_samples, generate, inception_fid
+from ganops.models.gan import load_generator
+from ganops.stages.common import Layout, StageError, classifier_for, prepared_data, read_run_file, write_json
+from ganops.tracking import log_to_run, require_run, use_store
+
+
+def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
+    """Stage `evaluate`; returns the metrics (also metrics/evaluate.json and the training run)."""
+    export = at.gan / p.evaluate.export
+    if not (export / "generator.pt").is_file():
+        monitor = " with gan.monitor_every > 0" if p.evaluate.export == "best" else ""
+        raise StageError(
+            f"{export / 'generator.pt'} is missing: run `ganops train-gan{monitor}` (or `dvc repro`) first"
+        )
+    images, labels, man = prepared_data(at, p)
+    device = resolve_device(p.base.device)
+    use_store(at.tracking)
+    gen_config = load_config(export)
+    run_id = require_run(_training_run(at, gen_config), str(export))
+    clf = classifier_for(at, man["content_hash"])
+    if gen_config["settings"]["data_hash"] != man["content_hash"]:
+        raise StageError(
+            f"{export} was trained on other data than {at.prepared}: run `ganops train-gan` first"
+        )
+    G = load_generator(export, device=device)
+    n = p.evaluate.n_samples or len(images) // 2
+    fake = generate(G, n, seed=p.base.seed + 1, batch_size=p.evaluate.batch_size, device=device)
+    asked = asked_classes(G, n, seed=p.base.seed + 1, n_classes=clf.net.cfg.n_classes)
+    m = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed, fake_labels=asked)
+    if p.evaluate.inception:
+        m["inception_fid"] = inception_fid(to_float(images), fake)
+    m |= {"dataset_hash": man["content_hash"], "run_id": run_id, "export": p.evaluate.export,
+          "step": gen_config.get("step"), "ema": gen_config.get("ema", False)}  # fmt: skip
+    write_json(at.metrics / "evaluate.json", m)
+    numbers = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
+    log_to_run(run_id, numbers, {"extractor": m["extractor"], "mode_collapse": m.get("mode_collapse", "n/a")})
+    return m
+
+
+def _training_run(at: Layout, gen_config: dict[str, Any]) -> str | None:
+    """The MLflow run whose exports models/gan holds: ``run.json``'s once that run finished (exports written
+    before ``run.json`` existed name theirs in ``meta``, the legacy place)."""
+    facts = read_run_file(at)
+    if not facts:
+        return gen_config.get("meta", {}).get("mlflow_run_id")
+    if "step" not in facts:
+        raise StageError(f"{at.gan} holds MLflow run {facts['mlflow_run_id']}'s training, which did not finish: "
+                         "run `ganops train-gan` (or `dvc repro`) to finish it first")  # fmt: skip
+    return str(facts["mlflow_run_id"])
