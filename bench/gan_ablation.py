@@ -69,9 +69,9 @@ def run_variant(name: str, p: GanParams, train: tuple[torch.Tensor, torch.Tensor
         n = len(images) // 2
         fake = generate(G, n, seed=seed + 1)
         asked = asked_classes(G, n, seed=seed + 1, n_classes=clf.net.cfg.n_classes)
-        m = evaluate_samples(images, labels, fake, clf, EvaluateParams(), seed=seed, fake_labels=asked)
+        m, _ = evaluate_samples(images, labels, fake, clf, EvaluateParams(), seed=seed, fake_labels=asked)
         m2 = (
-            evaluate_samples(images, labels, fake, also, EvaluateParams(), seed=seed, fake_labels=asked)
+            evaluate_samples(images, labels, fake, also, EvaluateParams(), seed=seed, fake_labels=asked)[0]
             if also
             else {}
         )

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ganops.classifier import to_float, train_classifier
+from ganops.classifier import Classifier, to_float, train_classifier
 from ganops.config import ClassifierParams, DataParams, EvaluateParams
 from ganops.data import prepare
 from ganops.evaluate import (
@@ -11,6 +11,8 @@ from ganops.evaluate import (
     Monitor,
     asked_classes,
     class_stats,
+    classifier_verdict,
+    collapsed,
     evaluate_samples,
     fid_kid,
     generate,
@@ -33,7 +35,7 @@ def test_real_data_as_generated_scores_like_the_baseline(digits):
     d, clf = digits
     perm = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(7))
     fake = to_float(d.images[perm[:800]])
-    m = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams())
+    m, _ = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams())
     assert m["coverage"] == 10 and m["n_classes"] == 10 and not m["mode_collapse"]
     assert m["kl"] < 0.05 and m["confident_frac"] > 0.8
     assert m["domain_fid"] < 3 * m["baseline_fid"] + 0.5  # "near the baseline"
@@ -46,8 +48,8 @@ def test_label_agreement_counts_samples_of_the_class_asked_for(digits):
     d, clf = digits
     idx = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(3))[:500]
     fake, asked = to_float(d.images[idx]), d.labels[idx]
-    right = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams(), fake_labels=asked)
-    wrong = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams(), fake_labels=(asked + 1) % 10)
+    right, _ = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams(), fake_labels=asked)
+    wrong, _ = evaluate_samples(d.images, d.labels, fake, clf, EvaluateParams(), fake_labels=(asked + 1) % 10)
     assert right["label_agreement"] > 0.9 and wrong["label_agreement"] < 0.1
     assert "class as asked" in summary_line(right)
 
@@ -67,7 +69,7 @@ def test_asked_classes_are_those_behind_generate():
 def test_collapsed_sampler_is_flagged(digits):
     d, clf = digits
     sevens = to_float(d.images[d.labels == 7][:150])
-    m = evaluate_samples(d.images, d.labels, sevens, clf, EvaluateParams())
+    m, _ = evaluate_samples(d.images, d.labels, sevens, clf, EvaluateParams())
     assert m["coverage"] == 1 and m["mode_collapse"]
     assert m["kl"] > 2.0  # ~ log 10
     assert m["domain_fid"] > 10 * m["baseline_fid"]
@@ -77,7 +79,7 @@ def test_unlabelled_data_gets_fid_only_with_the_extractor_named(digits):
     d, _ = digits
     unl = torch.full_like(d.labels, -1)
     rnd = train_classifier(d.images, unl, ClassifierParams(), progress=False)
-    m = evaluate_samples(d.images, unl, to_float(d.images[:300]), rnd, EvaluateParams())
+    m, _ = evaluate_samples(d.images, unl, to_float(d.images[:300]), rnd, EvaluateParams())
     assert m["extractor"] == "random-cnn-seed0" and "coverage" not in m and "mode_collapse" not in m
     assert math.isfinite(m["domain_fid"]) and math.isfinite(m["baseline_fid"])
 
@@ -164,9 +166,9 @@ def test_evaluate_reports_domain_and_baseline_kid():
     unl = torch.full_like(d.labels, -1)
     rnd = train_classifier(d.images, unl, ClassifierParams(), progress=False)
     perm = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(3))
-    real = evaluate_samples(d.images, unl, to_float(d.images[perm[:300]]), rnd, EvaluateParams())
+    real, _ = evaluate_samples(d.images, unl, to_float(d.images[perm[:300]]), rnd, EvaluateParams())
     sevens = to_float(d.images[d.labels == 7][:150])
-    bad = evaluate_samples(d.images, unl, sevens, rnd, EvaluateParams())
+    bad, _ = evaluate_samples(d.images, unl, sevens, rnd, EvaluateParams())
     for m in (real, bad):
         assert math.isfinite(m["domain_kid"]) and math.isfinite(m["baseline_kid"])
     assert bad["domain_kid"] > real["domain_kid"]  # one digit only is further from the data than real digits
@@ -184,3 +186,19 @@ def test_kid_is_the_same_for_the_same_inputs_and_leaves_the_global_generator_alo
     torch.rand(5)  # another global state
     assert fid_kid(ext, real, fake, kid_subset=50, batch_size=64) == a
     assert fid_kid(ext, real, fake, kid_subset=50, batch_size=64, seed=1)["kid"] != a["kid"]
+
+
+def test_collapse_is_judged_against_the_real_pictures_and_a_weak_classifier_judges_nothing(digits):
+    d, clf = digits
+    p = EvaluateParams()
+    real = {"coverage": 14, "kl": 0.05}  # a real set covering 14 of 18 classes is the ceiling, not a failure
+    assert not collapsed({"coverage": 14, "kl": 0.1}, real, p)
+    assert collapsed({"coverage": 8, "kl": 0.1}, real, p)
+    assert collapsed({"coverage": 14, "kl": 0.2}, real, p)  # over the threshold beyond the real KL
+    assert classifier_verdict(clf, 0.94) == ""
+    weak = Classifier(clf.net, clf.extractor, True, clf.info | {"holdout_accuracy": 0.29})
+    assert "held-out accuracy 0.29" in classifier_verdict(weak, 0.94)
+    assert "confident about 0%" in classifier_verdict(clf, 0.0)
+    # evaluated with the weak classifier: numbers, a note, no verdict
+    m, _ = evaluate_samples(d.images, d.labels, to_float(d.images[:300]), weak, p)
+    assert "mode_collapse" not in m and "too weak" in m["classifier_note"] and "coverage" in m

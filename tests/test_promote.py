@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from ganops.cli import app
 from ganops.config import parse_params
-from ganops.promote import decide
+from ganops.promote import decide, resolve_metric
 from ganops.tracking import RunContext, start_run
 from tests.conftest import PARAMS
 
@@ -25,8 +25,38 @@ def test_decide_rules():
     assert tie.promote and "coverage" in tie.reason
     assert not decide(C | {"coverage": 9}, C | {"run_id": "b"}, "domain_fid").promote
     assert not decide(C, C, "domain_fid").promote  # same run: already champion
-    other = decide(C | {"domain_fid": 9.0}, C | {"run_id": "b", "dataset_hash": "g"}, "domain_fid")
-    assert other.promote and "not comparable" in other.reason and "dataset_hash" in other.reason
+    # a generator of other data never silently takes over what is served; only when told to
+    other = decide(C | {"domain_fid": 1.0}, C | {"run_id": "b", "dataset_hash": "g"}, "domain_fid")
+    assert not other.promote and "other data" in other.reason and "promote.across_data" in other.reason
+    told = decide(
+        C | {"domain_fid": 9.0}, C | {"run_id": "b", "dataset_hash": "g"}, "domain_fid", across_data=True
+    )
+    assert told.promote and "other data" in told.reason
+    # another extractor of the same kind: not comparable, the candidate takes over
+    assert decide(C | {"domain_fid": 9.0}, C | {"run_id": "b", "extractor": "y"}, "domain_fid").promote
+
+
+def test_random_features_never_promote_over_trained_ones():
+    # the 30-step generator of a new folder, scored in a random CNN's features ("FID 0.01"), against a
+    # champion of the same data scored by a trained extractor: kept, whatever the numbers say
+    champ = C | {"run_id": "b", "extractor": "domain-classifier", "domain_fid": 50.0}
+    rnd = decide(C | {"extractor": "random-cnn-seed0", "domain_fid": 0.01}, champ, "domain_fid")
+    assert not rnd.promote and "random-weight" in rnd.reason
+    # both random (an unlabelled folder's line): compared as usual
+    assert decide(C | {"extractor": "random-cnn-seed0", "domain_fid": 0.01}, champ | {"extractor": "random-cnn-seed0"},
+                  "domain_fid").promote  # fmt: skip
+
+
+def test_the_metric_is_compared_in_the_features_that_produced_it():
+    # vgg_* in `extractor`, domain_* / kl in `domain_extractor`; versions from before the VGG metrics had one
+    # extractor, the classifier's, under `extractor` (legacy)
+    new = C | {"extractor": "vgg19-caffe-q8/relu4_1+relu5_1@128px", "domain_extractor": "domain-classifier",
+               "vgg_kid": 0.01, "domain_fid": 1.0}  # fmt: skip
+    old = C | {"run_id": "b", "extractor": "domain-classifier", "domain_fid": 2.0}
+    assert decide(new, old, "domain_fid").reason.startswith("domain_fid 1 beats")
+    assert "another extractor" in decide(new, old | {"vgg_kid": 0.02}, "vgg_kid").reason
+    assert resolve_metric("auto", "vgg19") == "vgg_kid" and resolve_metric("auto", "domain") == "domain_fid"
+    assert resolve_metric("kl", "vgg19") == "kl"
     with pytest.raises(ValueError, match="no 'kl'"):
         decide({"run_id": "a"}, None, "kl")
 

@@ -91,7 +91,7 @@ class GanParams(_Group):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     monitor_every: int = Field(250, ge=0)
     monitor_samples: int = Field(500, ge=10)
-    best_metric: Literal["domain_fid", "kl"] = "domain_fid"
+    best_metric: Literal["auto", "domain_fid", "kl", "vgg_kid"] = "auto"
     nan_max_rollbacks: int = Field(3, ge=0)
     nan_lr_factor: float = Field(0.5, gt=0, lt=1)
     nproc: int = Field(1, ge=1)
@@ -135,16 +135,19 @@ class EvaluateParams(_Group):
     kid_subset_size: int = Field(500, ge=2)
     inception: bool = False
     export: Literal["final", "best"] = "final"
+    extractor: Literal["auto", "domain", "vgg19"] = "auto"
+    vgg_size: int = Field(128, ge=32, le=512)
 
 
-PromoteMetric = Literal["domain_fid", "domain_kid", "kl"]
+PromoteMetric = Literal["auto", "domain_fid", "domain_kid", "kl", "vgg_kid", "vgg_fid"]
 
 
 class PromoteParams(_Group):
-    metric: PromoteMetric = "domain_fid"
+    metric: PromoteMetric = "auto"
     model_name: str = Field("ganops-generator", min_length=1)
     alias: str = Field("champion", min_length=1)
     dry_run: bool = False
+    across_data: bool = False
 
 
 StyleWeights = Literal["caffe-q8", "pretrained", "random"]

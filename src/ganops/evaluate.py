@@ -30,6 +30,9 @@ from ganops.classifier import CONFIDENT, Classifier, to_float
 from ganops.config import EvaluateParams
 from ganops.models.classifier import FeatureExtractor
 from ganops.models.gan import Generator, seeded_noise
+from ganops.models.style import VGGEmbedding
+from ganops.neighbours import Copies, copies, precision_recall
+from ganops.spectral import artifact_from_spectra, log_spectrum, spectral_metrics
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's InceptionV3 (FID standard)
 
@@ -84,9 +87,26 @@ def class_stats(probs: torch.Tensor, real_hist: torch.Tensor, min_frac: float) -
     }
 
 
-def collapsed(stats: dict[str, Any], n_classes: int, p: EvaluateParams) -> bool:
-    """Mode collapse: a class left uncovered, or the class histogram's KL above ``p.kl_threshold``."""
-    return bool(stats["coverage"] < n_classes or stats["kl"] > p.kl_threshold)
+WEAK_ACCURACY = 0.5  # a classifier right on fewer held-out real pictures than this cannot judge coverage
+WEAK_CONFIDENT = 0.5  # ... nor one confident about fewer real pictures than this
+
+
+def classifier_verdict(clf: Classifier, baseline_confident_frac: float) -> str:
+    """ "" when the domain classifier can judge class coverage, else why not (it then drives no verdict)."""
+    if not clf.trained:
+        return "unlabelled data: no classes to cover"
+    acc = clf.info.get("holdout_accuracy")
+    if acc is not None and acc < WEAK_ACCURACY:
+        return f"too weak to judge: held-out accuracy {acc:.2f}"
+    if baseline_confident_frac < WEAK_CONFIDENT:
+        return f"too weak to judge: confident about {100 * baseline_confident_frac:.0f}% of real pictures"
+    return ""
+
+
+def collapsed(stats: dict[str, Any], real: dict[str, Any], p: EvaluateParams) -> bool:
+    """Mode collapse, judged against what the real pictures themselves score with the same classifier: fewer
+    classes covered than real pictures cover, or a class histogram's KL over ``p.kl_threshold`` beyond theirs."""
+    return bool(stats["coverage"] < real["coverage"] or stats["kl"] > p.kl_threshold + real["kl"])
 
 
 def frechet_distance(extractor: torch.nn.Module, keep_real: bool = False) -> FrechetInceptionDistance:
@@ -123,6 +143,49 @@ def fid_kid(
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
 
 
+def headline(p: EvaluateParams, channels: int) -> str:
+    """The feature space of the headline numbers: ``p.extractor``, with ``auto`` = ``domain`` for 1-channel
+    pictures (the digit sets: their classifier knows them) and ``vgg19`` for colour pictures."""
+    if p.extractor != "auto":
+        return p.extractor
+    return "vgg19" if channels == 3 else "domain"
+
+
+class _Given(torch.nn.Module):
+    """Features computed beforehand, handed to torchmetrics' FID / KID as if extracted (identity)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f
+
+
+@torch.no_grad()
+def _features(extractor: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([extractor(c) for c in x.split(batch_size)]).float()
+
+
+def feature_metrics(extractor: torch.nn.Module, ref: torch.Tensor, other: torch.Tensor, fake: torch.Tensor,
+                    p: EvaluateParams, seed: int, prefix: str) -> tuple[dict[str, float], Copies]:  # fmt: skip
+    """In one feature space (each picture through ``extractor`` once): FID / KID of ``fake`` against
+    ``ref`` (``<prefix>fid``, ...), precision / recall, the copy rate against all real pictures, each beside
+    the real-vs-real value (``other`` in place of ``fake``); and the copy check for the sheet."""
+    f_ref, f_other, f_fake = (_features(extractor, x, p.batch_size) for x in (ref, other, fake))
+    given = _Given(f_ref.shape[1])
+    gen = fid_kid(given, f_ref, f_fake, p.kid_subset_size, p.batch_size, seed)
+    base = fid_kid(given, f_ref, f_other, p.kid_subset_size, p.batch_size, seed)
+    precision, recall = precision_recall(f_ref, f_fake)
+    base_p, base_r = precision_recall(f_ref, f_other)
+    found = copies(f_fake, torch.cat([f_ref, f_other]))
+    m = {f"{prefix}fid": gen["fid"], f"{prefix}kid": gen["kid"], f"{prefix}kid_std": gen["kid_std"],
+         f"baseline_{prefix}fid": base["fid"], f"baseline_{prefix}kid": base["kid"],
+         "precision": precision, "recall": recall, "baseline_precision": base_p, "baseline_recall": base_r,
+         "copy_rate": found.rate, "baseline_copy_rate": copies(f_other, f_ref).rate}  # fmt: skip
+    return m, found
+
+
 def evaluate_samples(
     real: torch.Tensor,
     labels: torch.Tensor,
@@ -132,8 +195,9 @@ def evaluate_samples(
     *,
     seed: int = 0,
     fake_labels: torch.Tensor | None = None,
-) -> dict[str, Any]:
-    """Score ``fake`` against the prepared real data, with the real-vs-real baseline.
+    embedding: VGGEmbedding | None = None,
+) -> tuple[dict[str, Any], Copies]:
+    """Score ``fake`` against the prepared real data, every number beside its real-vs-real baseline.
 
     Args:
         real: (N, C, S, S) uint8 prepared images; labels: (N,) (-1 = unlabelled).
@@ -142,10 +206,14 @@ def evaluate_samples(
         p: the ``evaluate`` params group.
         seed: splits the real data into the two baseline halves, and draws the KID subsets.
         fake_labels: (M,) the classes a conditional generator was asked for (-> label_agreement).
+        embedding: the VGG19 features (headline ``vgg19``): vgg_fid / vgg_kid, and the space of precision,
+            recall and the copy check (else the classifier's features).
 
     Returns:
-        Flat metrics: domain_fid, domain_kid(_std), baseline_*, coverage, n_classes, kl, mean_confidence,
-        confident_frac, mode_collapse (labelled data only), sample counts and the extractor's name.
+        Flat metrics (domain_fid, domain_kid, baseline_*; vgg_fid, vgg_kid; precision, recall, copy_rate;
+        artifact_score, spectrum_distance with their floors; coverage, n_classes, kl, confidence and
+        mode_collapse when the classifier can judge; sample counts; ``extractor``, the headline space's
+        name), and the copy check (each sample's nearest real picture, for the sheet).
     """
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
     half = len(real) // 2
@@ -154,7 +222,8 @@ def evaluate_samples(
     gen = fid_kid(ext, ref, fake, p.kid_subset_size, p.batch_size, seed)
     base = fid_kid(ext, ref, other, p.kid_subset_size, p.batch_size, seed)
     m: dict[str, Any] = {
-        "extractor": clf.extractor,
+        "extractor": embedding.name if embedding is not None else clf.extractor,
+        "domain_extractor": clf.extractor,
         "n_generated": int(len(fake)),
         "n_real_reference": int(half),
         "domain_fid": gen["fid"],
@@ -163,41 +232,76 @@ def evaluate_samples(
         "baseline_fid": base["fid"],
         "baseline_kid": base["kid"],
     }
+    if embedding is not None:
+        vgg, found = feature_metrics(embedding, ref, other, fake, p, seed, prefix="vgg_")
+    else:  # the classifier's features (domain FID / KID already above: their names stay as they were)
+        vgg, found = feature_metrics(ext, ref, other, fake, p, seed, prefix="domain_")
+        vgg = {k: v for k, v in vgg.items() if "fid" not in k and "kid" not in k}
+    m |= vgg | spectral_metrics(fake, ref, other, seed=seed)
     if clf.trained:
-        K = clf.net.cfg.n_classes
-        real_hist = torch.bincount(labels[labels >= 0], minlength=K)
-        probs = _probs(clf.net, fake, p.batch_size)  # (M, K)
-        g = class_stats(probs, real_hist, p.coverage_min_frac)
-        b = class_stats(_probs(clf.net, other, p.batch_size), real_hist, p.coverage_min_frac)
-        m |= g | {"n_classes": K, "baseline_coverage": b["coverage"], "baseline_kl": b["kl"],
-                  "baseline_mean_confidence": b["mean_confidence"],
-                  "baseline_confident_frac": b["confident_frac"]}  # fmt: skip
-        m["mode_collapse"] = collapsed(g, K, p)
-        if fake_labels is not None:
-            m["label_agreement"] = _agreement(probs, fake_labels)
+        m |= _class_metrics(clf, labels, other, fake, p, fake_labels)
+    return m, found
+
+
+def _class_metrics(clf: Classifier, labels: torch.Tensor, other: torch.Tensor, fake: torch.Tensor,
+                   p: EvaluateParams, fake_labels: torch.Tensor | None) -> dict[str, Any]:  # fmt: skip
+    """Coverage, KL and confidence of ``fake`` and of the real half ``other``; the mode-collapse verdict
+    when the classifier can judge (``classifier_verdict``)."""
+    K = clf.net.cfg.n_classes
+    real_hist = torch.bincount(labels[labels >= 0], minlength=K)
+    probs = _probs(clf.net, fake, p.batch_size)  # (M, K)
+    g = class_stats(probs, real_hist, p.coverage_min_frac)
+    b = class_stats(_probs(clf.net, other, p.batch_size), real_hist, p.coverage_min_frac)
+    m: dict[str, Any] = g | {"n_classes": K, "baseline_coverage": b["coverage"], "baseline_kl": b["kl"],
+                             "baseline_mean_confidence": b["mean_confidence"],
+                             "baseline_confident_frac": b["confident_frac"]}  # fmt: skip
+    weak = classifier_verdict(clf, b["confident_frac"])
+    if weak:
+        m["classifier_note"] = weak
+    else:
+        m["mode_collapse"] = collapsed(g, b, p)
+    if fake_labels is not None:
+        m["label_agreement"] = _agreement(probs, fake_labels)
     return m
 
 
 class Monitor:
     """A cheap quality check to run during training: ``n`` samples, scored like ``evaluate`` does.
 
-    Real statistics (class histogram, feature mean/covariance) are computed once; each call generates ``n``
-    samples with fixed noise and returns domain_fid (in the classifier's feature space; with few samples it
-    reads higher than the evaluate stage's, compare it only with itself), and on labelled data coverage, kl,
-    confident_frac and mode_collapse (coverage < K or KL > ``p.kl_threshold``), and for a class-conditional
-    G over the same classes label_agreement.
+    Real statistics (class histogram and the real pictures' own class stats, feature mean/covariance,
+    spectrum, VGG features) are computed once; each call generates ``n`` samples with fixed noise and
+    returns domain_fid (in the classifier's feature space; with few samples it reads higher than the evaluate
+    stage's, compare it only with itself), artifact_score (against all real pictures), vgg_kid with an
+    ``embedding``, and on labelled data coverage, kl, confident_frac, mode_collapse (only when the classifier
+    can judge) and, for a class-conditional G over the same classes, label_agreement.
     """
 
     def __init__(self, real: torch.Tensor, labels: torch.Tensor, clf: Classifier, p: EvaluateParams, *,
-                 n: int = 500, seed: int = 0, device: str | torch.device = "cpu"):  # fmt: skip
+                 n: int = 500, seed: int = 0, device: str | torch.device = "cpu",
+                 embedding: VGGEmbedding | None = None):  # fmt: skip
         self.clf, self.p, self.n, self.seed, self.device = clf, p, n, seed, device
         # the evaluate stage's FID: real features summed once, fake ones afresh at every call
         self.fid = frechet_distance(FeatureExtractor(clf.net), keep_real=True)
         with torch.no_grad():
             for c in real.split(p.batch_size):
                 self.fid.update(to_float(c), real=True)
+        self.L_real = log_spectrum(to_float(real))
+        self.embedding, self.kid = embedding, None
+        if embedding is not None:
+            with warnings.catch_warnings():  # "KID keeps all features in memory": intended
+                warnings.simplefilter("ignore", UserWarning)
+                size = min(p.kid_subset_size, len(real), n)
+                self.kid = KernelInceptionDistance(feature=embedding, subsets=50, subset_size=size,
+                                                   reset_real_features=False)  # fmt: skip
+            for c in real.split(p.batch_size):
+                self.kid.update(to_float(c), real=True)
         K = clf.net.cfg.n_classes
         self.real_hist = torch.bincount(labels[labels >= 0], minlength=K) if clf.trained else None
+        self.real_stats: dict[str, Any] = {}
+        if self.real_hist is not None:
+            self.real_stats = class_stats(_probs(clf.net, to_float(real), p.batch_size), self.real_hist,
+                                          p.coverage_min_frac)  # fmt: skip
+            self.weak = classifier_verdict(clf, self.real_stats["confident_frac"])
 
     @torch.no_grad()
     def __call__(self, G: torch.nn.Module) -> dict[str, Any]:
@@ -206,10 +310,19 @@ class Monitor:
         for c in fake.split(self.p.batch_size):
             self.fid.update(c, real=False)
         m: dict[str, Any] = {"domain_fid": float(self.fid.compute())}
+        m["artifact_score"] = artifact_from_spectra(log_spectrum(fake), self.L_real)
+        if self.kid is not None:
+            self.kid.reset()
+            for c in fake.split(self.p.batch_size):
+                self.kid.update(c, real=False)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                m["vgg_kid"] = float(self.kid.compute()[0])
         if self.real_hist is not None:
             probs = _probs(self.clf.net, fake, self.p.batch_size)  # (n, K)
             m |= class_stats(probs, self.real_hist, self.p.coverage_min_frac)
-            m["mode_collapse"] = collapsed(m, len(self.real_hist), self.p)
+            if not self.weak:
+                m["mode_collapse"] = collapsed(m, self.real_stats, self.p)
             asked = asked_classes(G, self.n, seed=self.seed, n_classes=len(self.real_hist))  # type: ignore[arg-type]
             if asked is not None:
                 m["label_agreement"] = _agreement(probs, asked)
@@ -252,7 +365,11 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 64) 
 
 def summary_line(m: dict[str, Any]) -> str:
     """One human line: the headline numbers against their baselines."""
-    parts = [f"domain FID {m['domain_fid']:.2f} (real vs real {m['baseline_fid']:.2f})"]
+    if "vgg_kid" in m:
+        parts = [f"VGG KID {m['vgg_kid']:.4f} (real vs real {m['baseline_vgg_kid']:.4f})",
+                 f"VGG FID {m['vgg_fid']:.1f} ({m['baseline_vgg_fid']:.1f})"]  # fmt: skip
+    else:
+        parts = [f"domain FID {m['domain_fid']:.2f} (real vs real {m['baseline_fid']:.2f})"]
     if "coverage" in m:
         parts.append(f"coverage {m['coverage']}/{m['n_classes']}")
         parts.append(f"KL {m['kl']:.3f}")
@@ -260,7 +377,15 @@ def summary_line(m: dict[str, Any]) -> str:
         parts.append(f"confident {100 * m['confident_frac']:.0f}%{real}")
         if "label_agreement" in m:
             parts.append(f"class as asked {100 * m['label_agreement']:.0f}%")
-        if m["mode_collapse"]:
+        if m.get("mode_collapse"):
             parts.append("MODE COLLAPSE")
+        if m.get("classifier_note"):
+            parts.append(f"classifier {m['classifier_note']}")
+    if "artifact_score" in m:
+        grid = " GRID" if m["artifact_score"] > m["artifact_floor"] else ""
+        parts.append(f"artifacts {m['artifact_score']:.2f} (floor {m['artifact_floor']:.2f}){grid}")
+    if "precision" in m:
+        parts.append(f"precision {m['precision']:.2f} / recall {m['recall']:.2f}")
+        parts.append(f"copies {100 * m['copy_rate']:.0f}% (real {100 * m['baseline_copy_rate']:.0f}%)")
     parts.append(f"{m['n_generated']} samples, extractor {m['extractor']}")
     return ", ".join(parts) if not math.isnan(m["domain_fid"]) else "evaluation produced NaN"

@@ -55,6 +55,7 @@ from ganops.distributed import Place
 from ganops.images import grid_png
 from ganops.losses import DPhase, GanLoss
 from ganops.models.gan import GANConfig, Generator, build, ema_update, seeded_noise
+from ganops.promote import resolve_metric
 from ganops.train_state import TrainingDiverged, TrainState, settings_for
 
 log = logging.getLogger(__name__)
@@ -349,10 +350,13 @@ def _monitor(st: TrainState, run: TrainRun, hooks: Hooks) -> None:
     if m.get("mode_collapse"):
         log.warning("step %d: possible mode collapse (coverage %s, KL %.3f)", st.step, m.get("coverage"),
                     m.get("kl", math.nan))  # fmt: skip
-    value = float(m[run.p.best_metric])
+    metric = resolve_metric(
+        run.p.best_metric, "vgg19" if "vgg_kid" in m else "domain"
+    )  # auto: the headline's
+    value = float(m[metric])
     if value < st.best["value"]:
         st.best.update(value=value, step=st.step)
-        write_export(st, run, run.out / "best", {"monitor": m, "best_metric": run.p.best_metric})
+        write_export(st, run, run.out / "best", {"monitor": m, "best_metric": metric})
 
 
 def _report(st: TrainState, row: dict[str, float], bar: tqdm, on_metrics: MetricsFn | None) -> None:

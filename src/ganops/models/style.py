@@ -201,6 +201,47 @@ def build_vgg(weights: str, layers: list[str], seed: int = 0, download: bool = T
 # ----------------------------------------------------------------------------- feed-forward net
 
 
+EMBEDDING_LAYERS = ("relu4_1", "relu5_1")
+
+
+class VGGEmbedding(nn.Module):
+    """VGG19 features as one vector per picture, the feature space that judges generated *photos*:
+    (B, C, S, S) in [-1, 1] (C = 1 or 3; uint8 0..255 too: torchmetrics probes with it) -> (B, 1024).
+
+    The pictures are resized to ``size`` x ``size`` (bilinear, antialiased when shrinking) and relu4_1 and
+    relu5_1 (512 channels each) are averaged over all positions and concatenated: relu5_1 says what is in
+    the picture (the deepest conv features, as Inception's pool3 is for FID), relu4_1 keeps the textures
+    and parts that an upsampling grid or a blur disturbs, and averaging over positions makes the vector
+    independent of where things are, as a person judges. 64-px pictures are enlarged to 128 px so relu5_1
+    still has 8x8 positions (at 64 px it has 4x4): it costs ~4x the compute of 64 px.
+    """
+
+    def __init__(self, vgg: VGGFeatures, size: int = 128):
+        super().__init__()
+        self.vgg, self.size = vgg, size
+        self.num_features = 512 * len(EMBEDDING_LAYERS)  # what torchmetrics' FID/KID read
+        self.name = f"{vgg.name}/{'+'.join(EMBEDDING_LAYERS)}@{size}px"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 127.5 - 1
+        x = ((x.float() + 1) / 2).clamp(0, 1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            shrink = x.shape[-1] > self.size
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=shrink,
+                                          align_corners=False)  # fmt: skip
+        acts = self.vgg(x)
+        return torch.cat([acts[n].mean((2, 3)) for n in EMBEDDING_LAYERS], 1)
+
+
+def build_embedding(weights: str, size: int = 128, seed: int = 0) -> VGGEmbedding:
+    """:class:`VGGEmbedding` on the VGG19 of ``weights`` (see :func:`build_vgg`)."""
+    return VGGEmbedding(build_vgg(weights, list(EMBEDDING_LAYERS), seed=seed), size)
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """Constructor arguments of :class:`TransformerNet`; stored with its weights."""

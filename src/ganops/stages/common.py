@@ -17,8 +17,8 @@ from ganops.classifier import Classifier, load_classifier
 from ganops.config import Params, ParamsError
 from ganops.data import DataError, load_prepared
 from ganops.devices import DeviceError
-from ganops.evaluate import EvaluationError
-from ganops.models.style import StyleWeightsError
+from ganops.evaluate import EvaluationError, headline
+from ganops.models.style import StyleWeightsError, VGGEmbedding, build_embedding
 from ganops.stylize import StyleError
 from ganops.tracking import TrackingError
 
@@ -113,6 +113,13 @@ def classifier_for(at: Layout, data_hash: str) -> Classifier:
             f"{at.classifier} was trained on other data: run `ganops classifier` (or `dvc repro`) first"
         )
     return clf
+
+
+def embedding_for(p: Params, channels: int) -> VGGEmbedding | None:
+    """The VGG19 features (``style.weights``' VGG19) when they are the headline space, else None."""
+    if headline(p.evaluate, channels) != "vgg19":
+        return None
+    return build_embedding(p.style.weights, p.evaluate.vgg_size, seed=p.base.seed)
 
 
 # ----------------------------------------------------------------------------- the training run's MLflow id

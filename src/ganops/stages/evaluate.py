@@ -1,18 +1,31 @@
-"""Stage ``evaluate``: score the trained generator against the real data -> ``metrics/evaluate.json`` and the
-training's MLflow run."""
+"""Stage ``evaluate``: score the trained generator against the real data -> ``metrics/evaluate.json``, the
+"generated | nearest real" sheet ``metrics/evaluate_nearest.png``, and the training's MLflow run (metrics,
+the sheet as artifact ``evaluate/evaluate_nearest.png``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ganops.artifacts import load_config
+import torch
+
+from ganops.artifacts import atomic_write, load_config
 from ganops.classifier import to_float
 from ganops.config import Params
 from ganops.devices import resolve_device
 from ganops.evaluate import asked_classes, evaluate_samples, generate, inception_fid
+from ganops.images import grid_png
 from ganops.models.gan import load_generator
-from ganops.stages.common import Layout, StageError, classifier_for, prepared_data, read_run_file, write_json
-from ganops.tracking import log_to_run, require_run, use_store
+from ganops.neighbours import Copies
+from ganops.stages.common import (
+    Layout,
+    StageError,
+    classifier_for,
+    embedding_for,
+    prepared_data,
+    read_run_file,
+    write_json,
+)
+from ganops.tracking import log_artifact_to_run, log_to_run, require_run, use_store
 
 
 def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
@@ -37,15 +50,28 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     n = p.evaluate.n_samples or len(images) // 2
     fake = generate(G, n, seed=p.base.seed + 1, batch_size=p.evaluate.batch_size, device=device)
     asked = asked_classes(G, n, seed=p.base.seed + 1, n_classes=clf.net.cfg.n_classes)
-    m = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed, fake_labels=asked)
+    embedding = embedding_for(p, images.shape[1])
+    m, found = evaluate_samples(images, labels, fake, clf, p.evaluate, seed=p.base.seed, fake_labels=asked,
+                                embedding=embedding)  # fmt: skip
     if p.evaluate.inception:
         m["inception_fid"] = inception_fid(to_float(images), fake)
     m |= {"dataset_hash": man["content_hash"], "run_id": run_id, "export": p.evaluate.export,
           "step": gen_config.get("step"), "ema": gen_config.get("ema", False)}  # fmt: skip
     write_json(at.metrics / "evaluate.json", m)
-    numbers = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
-    log_to_run(run_id, numbers, {"extractor": m["extractor"], "mode_collapse": m.get("mode_collapse", "n/a")})
+    sheet = atomic_write(at.metrics / "evaluate_nearest.png", nearest_sheet(fake, to_float(images), found))
+    numbers = {k: float(v) for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    tags = {"extractor": m["extractor"], "mode_collapse": m.get("mode_collapse", "n/a")}
+    log_to_run(run_id, numbers, tags)
+    log_artifact_to_run(run_id, sheet, "evaluate")
     return m
+
+
+def nearest_sheet(fake: torch.Tensor, real: torch.Tensor, found: Copies, pairs: int = 12) -> bytes:
+    """PNG of "generated | nearest real" pairs side by side, the samples nearest to a training picture
+    (relative to that picture's own nearest neighbour) first: where copies would show."""
+    order = (found.distance / found.threshold.clamp_min(1e-12)).argsort()[:pairs]
+    x = torch.stack([t for i in order.tolist() for t in (fake[i], real[found.nearest[i]])])
+    return grid_png(x, n_classes=2)
 
 
 def _training_run(at: Layout, gen_config: dict[str, Any]) -> str | None:

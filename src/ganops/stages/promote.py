@@ -1,5 +1,11 @@
 """Stage ``promote``: register the evaluated generator and move the champion alias if it wins ->
-``metrics/promote.json`` and the registry."""
+``metrics/promote.json`` and the registry.
+
+Two aliases move, each by the same rule (:func:`ganops.promote.decide`): ``promote.alias`` (``champion``,
+what serving follows), which a generator of other data takes over only with ``promote.across_data``, and
+the data line's own ``<alias>-<first 12 hex of the dataset hash>``, the best generator of that data, so a
+new folder has a champion of its own without touching what is served.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import json
 from typing import Any
 
 from ganops.config import Params
-from ganops.promote import Decision, decide
+from ganops.promote import Decision, decide, resolve_metric
 from ganops.stages.common import Layout, StageError, write_json
 from ganops.tracking import (
     champion,
@@ -20,11 +26,22 @@ from ganops.tracking import (
     use_store,
 )
 
+# evaluate.json's numbers that a registered version carries (what promote compares and /model shows); the
+# rest stay in the run
+_NOT_ON_VERSIONS = {"artifact_score", "baseline_artifact_score", "artifact_floor", "spectrum_distance",
+                    "baseline_spectrum_distance", "spectrum_floor", "precision", "recall", "baseline_precision",
+                    "baseline_recall", "copy_rate", "baseline_copy_rate", "vgg_kid_std"}  # fmt: skip
+
+
+def line_alias(alias: str, dataset_hash: str) -> str:
+    """The alias of a data line's own champion: ``<alias>-<first 12 hex of the dataset hash>``."""
+    return f"{alias}-{dataset_hash[:12]}"
+
 
 def promote(p: Params, at: Layout = Layout()) -> tuple[Decision, dict[str, Any], dict[str, Any] | None]:
-    """Stage `promote`; returns (Decision, candidate facts, champion facts before the decision).
+    """Stage `promote`; returns (Decision on ``promote.alias``, candidate facts, champion facts before).
 
-    Compare-and-set: registering, reading the champion, deciding and moving the alias all happen while
+    Compare-and-set: registering, reading the champions, deciding and moving the aliases all happen while
     this process holds the registry's promotion lock (tracking.registry_lock), so two concurrent promotions
     are serialised and the second one decides against whatever the first one left as champion.
     """
@@ -33,22 +50,32 @@ def promote(p: Params, at: Layout = Layout()) -> tuple[Decision, dict[str, Any],
         raise StageError(f"{path} is missing: run `ganops evaluate` (or `dvc repro`) first")
     m = json.loads(path.read_text())
     name, alias = p.promote.model_name, p.promote.alias
+    metric = resolve_metric(p.promote.metric, "vgg19" if "vgg_kid" in m else "domain")
     use_store(at.tracking)
     run_id = require_run(m.get("run_id"), str(path))
     # what the candidate was trained on, from its own run (not from today's params)
-    facts = m | {"data_limit": int(run_params(run_id).get("data.limit", "0"))}
+    facts = {k: v for k, v in m.items() if k not in _NOT_ON_VERSIONS}
+    facts |= {"data_limit": int(run_params(run_id).get("data.limit", "0"))}
+    own = line_alias(alias, str(m.get("dataset_hash", "")))
     with registry_lock(name):
         cand = register_generator(
             run_id, name, facts, "checkpoint_best" if m.get("export") == "best" else "checkpoint"
         )
         before = champion(name, alias)
         try:
-            decision = decide(cand, before, p.promote.metric, dry_run=p.promote.dry_run)
+            decision = decide(
+                cand, before, metric, dry_run=p.promote.dry_run, across_data=p.promote.across_data
+            )
+            line = decide(cand, champion(name, own), metric, dry_run=p.promote.dry_run)
         except ValueError as err:
             raise StageError(str(err)) from None
         if decision.promote:
             set_alias(name, alias, cand["version"])
+        if line.promote:
+            set_alias(name, own, cand["version"])
     log_to_run(run_id, {}, {"promote_decision": "promoted" if decision.promote else "kept champion",
-                            "promote_reason": decision.reason})  # fmt: skip
-    write_json(at.metrics / "promote.json", decision.to_dict())
+                            "promote_reason": decision.reason, "promote_line_alias": own,
+                            "promote_line_decision": "promoted" if line.promote else "kept"})  # fmt: skip
+    out = decision.to_dict() | {"data_line": {"alias": own, "promote": line.promote, "reason": line.reason}}
+    write_json(at.metrics / "promote.json", out)
     return decision, cand, before

@@ -26,6 +26,7 @@ from ganops.stages.common import (
     StageError,
     Stopped,
     classifier_for,
+    embedding_for,
     prepared_data,
     read_run_file,
     write_json,
@@ -131,7 +132,7 @@ def _write_train_metrics(p: Params, at: Layout, result: TrainResult, seconds: fl
         last = result.monitor[-1]
         final |= {f"monitor_{k}": v for k, v in last.items() if k != "step" and isinstance(v, int | float)}
         best = load_config(result.best) if result.best else {}
-        final |= {"best_step": best.get("step", 0), "best_metric": p.gan.best_metric}
+        final |= {"best_step": best.get("step", 0), "best_metric": best.get("best_metric", p.gan.best_metric)}
     write_json(at.metrics / "train_gan.json", final)
     with open(at.metrics / "train_gan_losses.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(result.history[0]))
@@ -149,6 +150,5 @@ def _monitor(
         raise StageError("gan.monitor_every needs the domain classifier: run `ganops classifier` first "
                          "(dvc repro runs it before train_gan), or set gan.monitor_every: 0")  # fmt: skip
     clf = classifier_for(at, data_hash)
-    return Monitor(
-        images, labels, clf, p.evaluate, n=p.gan.monitor_samples, seed=p.base.seed + 7, device=device
-    )
+    return Monitor(images, labels, clf, p.evaluate, n=p.gan.monitor_samples, seed=p.base.seed + 7, device=device,
+                   embedding=embedding_for(p, images.shape[1]))  # fmt: skip

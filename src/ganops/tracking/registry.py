@@ -22,7 +22,7 @@ from ganops.tracking.store import TrackingError, _already_exists, retry_locked
 log = logging.getLogger(__name__)
 
 
-_META_KEYS = ("run_id", "dataset_hash", "extractor", "export", "data_limit")
+_META_KEYS = ("run_id", "dataset_hash", "extractor", "domain_extractor", "export", "data_limit")
 
 
 def _ensure_registered_model(c: Any, name: str, description: str = "") -> None:

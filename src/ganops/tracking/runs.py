@@ -243,6 +243,14 @@ def log_to_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> 
     ))  # fmt: skip
 
 
+def log_artifact_to_run(run_id: str, path: Path, artifact_path: str) -> None:
+    """Add a file to an existing (possibly finished) run under a new ``artifact_path`` (what training logged
+    is never rewritten: evaluate adds its own folder)."""
+    from mlflow import MlflowClient
+
+    retry_locked(lambda: MlflowClient().log_artifact(run_id, str(path), artifact_path))
+
+
 def run_params(run_id: str) -> dict[str, str]:
     """The params a run was logged with (flattened keys)."""
     from mlflow import MlflowClient
