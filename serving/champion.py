@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ganops.artifacts import DamagedFileError
 from ganops.tracking import STYLE_PREFIX
 
 log = logging.getLogger("ganops.serving")
@@ -44,7 +45,13 @@ def _load_generator(
     from ganops.models.gan import load_generator
     from ganops.tracking import download_version
 
-    G = load_generator(download_version(name, facts["version"]), device=device)
+    try:
+        G = load_generator(download_version(name, facts["version"]), device=device)
+    except DamagedFileError as err:  # refused: never served, whatever serves now goes on
+        raise DamagedVersion(
+            f"{name} v{facts['version']} is damaged in the artifact store ({err}): register a good version "
+            f"(run the pipeline again) or point {name}@alias at another version"
+        ) from None
     if device.type == "cuda":  # NHWC: what tensor-core convolutions want
         G = G.to(memory_format=torch.channels_last)
     cfg = G.cfg
@@ -58,6 +65,10 @@ def _load_style(model: str, version: int) -> torch.nn.Module:
     from ganops.tracking import download_version
 
     return load_style_net(download_version(model, version))
+
+
+class DamagedVersion(RuntimeError):
+    """A registered version's files are damaged: it is refused (at start the server stops, saying which)."""
 
 
 class NoChampion(LookupError):
@@ -137,5 +148,7 @@ class Follower:
             time.sleep(self.poll_s)
             try:
                 self.refresh()
+            except DamagedVersion as err:
+                log.error("%s; still serving v%s", err, self.current.version)
             except Exception:  # noqa: BLE001 - a registry hiccup must not end the following
                 log.exception("checking the registry for a new %s@%s failed; retrying", self.name, self.alias)

@@ -42,7 +42,7 @@ from ganops.models.gan import noise_for_class, seeded_noise
 from ganops.tracking import style_model_name
 from serving import images
 from serving.batcher import Batcher
-from serving.champion import Follower, NoChampion
+from serving.champion import DamagedVersion, Follower, NoChampion
 from serving.gallery import app as gallery_app
 from serving.guard import Guard
 from serving.settings import ServingSettings
@@ -108,7 +108,7 @@ class GanService:
         try:
             device = resolve_device(s.device, what="GANOPS_DEVICE")
             self.follower = Follower(s.model_name, s.model_alias, s.poll_seconds, device)
-        except (NoChampion, DeviceError) as err:
+        except (NoChampion, DamagedVersion, DeviceError) as err:
             _refuse_to_start(err)
         self.batcher = Batcher(s.max_batch, on_batch=_batch_sizes.observe)
 
@@ -175,6 +175,9 @@ class GanService:
 
         try:
             switched = await anyio.to_thread.run_sync(self.follower.refresh)
+        except DamagedVersion as err:  # refused, logged; the version held goes on serving
+            logging.getLogger("ganops.serving").error("%s", err)
+            return _error(503, f"{err}; still serving v{self.follower.current.version}")
         except Exception as err:  # noqa: BLE001 - the registry's trouble, not the client's: say so, keep serving
             version = self.follower.current.version
             return _error(503, f"the registry could not be read ({err}); still serving v{version}")

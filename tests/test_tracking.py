@@ -221,3 +221,65 @@ def test_a_fresh_promotion_lock_blocks_until_timeout_and_names_its_owner(isolate
     assert time.monotonic() - t0 >= 0.5
     assert c.get_registered_model("gen.lock").tags["owner"] == "busy-host:42"  # left alone
     mlflow.set_tracking_uri(None)
+
+
+_TAKER = """
+import json, sys, time
+from mlflow import MlflowClient
+from ganops.tracking import registry_lock
+start, out = float(sys.argv[1]), sys.argv[2]
+time.sleep(max(0.0, start - time.time()))  # every taker looks at the dead lock at the same moment
+with registry_lock("gen", timeout=60, stale_after=5):
+    t0 = time.time()
+    owner = MlflowClient().get_registered_model("gen.lock").tags["owner"]
+    time.sleep(1.0)
+    still = MlflowClient().get_registered_model("gen.lock").tags["owner"]
+    t1 = time.time()
+with open(out, "a") as f:
+    f.write(json.dumps([t0, t1, owner, still]) + "\\n")
+"""
+
+
+TAKERS = 5
+
+
+def test_takers_of_one_dead_lock_end_with_exactly_one_holder_at_a_time(tmp_path):
+    # A dead promoter's lock, five processes taking it over at once: each holds it alone, for its whole
+    # critical section (deleting by name let a late taker delete the lock another had just taken).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    c.search_experiments()  # create the store once, before the processes share it
+    _plant_lock(c, "gen", "dead-host:1", time.time() - 600)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    out, start = tmp_path / "held.jsonl", time.time() + 8
+    procs = [subprocess.Popen([sys.executable, "-c", _TAKER, str(start), str(out)], env=env, stderr=subprocess.PIPE)
+             for _ in range(TAKERS)]  # fmt: skip
+    errs = [p.communicate(timeout=300)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for e in errs]
+    held = sorted(json.loads(line) for line in out.read_text().splitlines())
+    assert len(held) == TAKERS
+    for (_t0, t1, owner, still), nxt in zip(held, held[1:] + [None], strict=True):
+        assert owner == still and owner != "dead-host:1"  # nobody took it from under the holder
+        assert nxt is None or nxt[0] >= t1  # and nobody held it at the same time
+    assert "gen.lock" not in {m.name for m in c.search_registered_models()}  # released, no marker left
+    assert not [m.name for m in c.search_registered_models() if "takeover" in m.name]
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_holder_whose_lock_was_taken_over_does_not_release_the_new_one(isolated_tracking):
+    from ganops.tracking import registry_lock
+
+    mlflow.set_tracking_uri(isolated_tracking)
+    c = MlflowClient(isolated_tracking)
+    with registry_lock("gen", timeout=5, stale_after=60):
+        # meanwhile (presumed dead, too slow) another process took the lock over
+        c.delete_registered_model("gen.lock")
+        _plant_lock(c, "gen", "other-host:7", time.time())
+    assert c.get_registered_model("gen.lock").tags["owner"] == "other-host:7"  # left alone
+    mlflow.set_tracking_uri(None)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -90,6 +91,12 @@ def _run(fn: Callable[[], T]) -> T:
         _fail(str(err), 130)
     except USER_ERRORS as err:
         _fail(str(err))
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # every write is atomic: what was written before (the last checkpoint too) is intact
+        _fail(f"no space left on the device writing {err.filename or 'a file'}: free some space and run the "
+              "command again (every file written before is intact; training resumes from its last checkpoint)")  # fmt: skip
 
 
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]

@@ -298,9 +298,17 @@ def load_prepared(out: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict[str
     out = Path(out)
     if not (out / "dataset.pt").is_file():
         raise DataError(f"no prepared data in {out}: run `ganops prepare` (or `dvc repro prepare`) first")
-    blob = torch.load(out / "dataset.pt", weights_only=True)
+    try:
+        blob = torch.load(out / "dataset.pt", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, EOF...
+        raise DataError(f"{out / 'dataset.pt'} is damaged ({type(err).__name__}): run `ganops prepare` (or "
+                        "`dvc checkout data/prepared`) to write it again") from None  # fmt: skip
     if "manifest_json" in blob:  # the manifest that was written with these pixels (see save_prepared)
         man = json.loads(blob["manifest_json"])
     else:  # written before dataset.pt carried its manifest
         man = json.loads((out / "manifest.json").read_text())
-    return blob["images"], blob["labels"], man
+    images, labels = blob["images"], blob["labels"]
+    if "classes" in blob and content_hash(images, labels, blob["classes"]) != man["content_hash"]:
+        raise DataError(f"{out / 'dataset.pt'} is damaged (its pixels no longer match its content hash): run "
+                        "`ganops prepare` (or `dvc checkout data/prepared`) to write it again")  # fmt: skip
+    return images, labels, man

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ganops import distributed
-from ganops.artifacts import load_checkpoint, save_checkpoint
+from ganops.artifacts import DamagedFileError, load_checkpoint, previous, save_checkpoint
 from ganops.config import GanParams
 from ganops.models.gan import Discriminator, GANConfig, Generator
 
@@ -183,12 +183,36 @@ class TrainState:
     ) -> dict[str, Any] | None:
         """The checkpoint's state if ``path`` exists and was built under ``settings``, else None (logged).
 
-        An older checkpoint's settings are read with their legacy values (:func:`with_legacy`).
+        A damaged ``path`` (truncated, bit-flipped) falls back to the checkpoint before it
+        (:func:`ganops.artifacts.previous`, one interval older), with a warning. An older checkpoint's
+        settings are read with their legacy values (:func:`with_legacy`).
+
+        Raises:
+            DamagedFileError: both the checkpoint and the one before it are damaged.
         """
-        if not path.is_file():
+        try:
+            found = _read(path, device)
+        except DamagedFileError as err:
+            try:
+                found = _read(previous(path), device)
+            except DamagedFileError as err2:
+                raise DamagedFileError(f"{err}; the previous checkpoint too ({err2}); delete both to train "
+                                       "afresh") from None  # fmt: skip
+            if found is None:
+                raise
+            log.warning("%s; resuming from the checkpoint before it, %s (step %d)", err, previous(path),
+                        found[0]["step"])  # fmt: skip
+        if found is None:
             return None
-        state, conf = load_checkpoint(path, map_location=device)
+        state, conf = found
         if with_legacy(conf.get("settings", {"model": {}})) != settings:
             log.warning("%s was built with other settings: starting fresh", path)
             return None
         return state
+
+
+def _read(path: Path, device: str | torch.device) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(state, config) of the checkpoint at ``path``; None when there is none."""
+    if not path.is_file():
+        return None
+    return load_checkpoint(path, map_location=device)

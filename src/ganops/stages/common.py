@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ganops.artifacts import atomic_write
+from ganops.artifacts import DamagedFileError, atomic_write
 from ganops.classifier import Classifier, load_classifier
 from ganops.config import Params, ParamsError
 from ganops.data import DataError, load_prepared
@@ -33,6 +33,7 @@ class Stopped(RuntimeError):
 
 USER_ERRORS = (
     StageError,
+    DamagedFileError,
     ParamsError,
     DataError,
     TrackingError,

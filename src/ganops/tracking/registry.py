@@ -46,10 +46,11 @@ def _ensure_registered_model(c: Any, name: str, description: str = "") -> None:
 def registry_lock(name: str, *, timeout: float = 120.0, stale_after: float = 120.0) -> Iterator[None]:
     """Hold the promotion lock of registered model ``name`` (a mutex kept in the tracking store itself).
 
-    The lock is a registered model ``<name>.lock``: creating one that exists fails atomically in the store's
-    database (sqlite or the tracking server's PostgreSQL alike), so exactly one process holds it, on any
-    machine that shares the store. It is deleted on release; one older than ``stale_after`` seconds (its
-    holder died mid-promotion) is taken over.
+    The lock is a registered model ``<name>.lock`` tagged with its owner: creating one that exists fails
+    atomically in the store's database (sqlite or the tracking server's PostgreSQL alike), so exactly one
+    process holds it, on any machine that shares the store. One older than ``stale_after`` seconds (its
+    holder died mid-promotion) is taken over (:func:`_take_over`: by one process only, and only while it is
+    still that dead holder's). The holder deletes it on release, if it is still its own.
 
     Raises:
         TrackingError: not acquired within ``timeout`` seconds.
@@ -61,21 +62,14 @@ def registry_lock(name: str, *, timeout: float = 120.0, stale_after: float = 120
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            retry_locked(lambda: c.create_registered_model(
-                lock, tags={"owner": owner, "since": repr(time.time())},
-                description=f"ganops: held while a promotion of {name} decides; deleted when it is done"))  # fmt: skip
+        if _create_marker(
+            c, lock, owner, f"ganops: held while a promotion of {name} decides; deleted when done"
+        ):
             break
-        except MlflowException as err:
-            if not _already_exists(err):
-                raise
         try:
             held = c.get_registered_model(lock)
             if time.time() - float(held.tags.get("since", "inf")) > stale_after:
-                log.warning(
-                    "taking over the stale promotion lock %s held by %s", lock, held.tags.get("owner")
-                )
-                c.delete_registered_model(lock)
+                _take_over(c, lock, held.tags.get("owner", ""), stale_after)
                 continue
         except MlflowException:
             continue  # released between our create and our look: try again at once
@@ -86,7 +80,72 @@ def registry_lock(name: str, *, timeout: float = 120.0, stale_after: float = 120
     try:
         yield
     finally:
-        retry_locked(lambda: c.delete_registered_model(lock), what="release promotion lock")
+        _delete_if_owned(c, lock, owner, "release promotion lock")
+
+
+def _create_marker(c: Any, marker: str, owner: str, description: str) -> bool:
+    """Create the registered model ``marker`` tagged with ``owner`` and the time; False if it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        retry_locked(lambda: c.create_registered_model(
+            marker, tags={"owner": owner, "since": repr(time.time())}, description=description))  # fmt: skip
+        return True
+    except MlflowException as err:
+        if not _already_exists(err):
+            raise
+        return False
+
+
+def _delete_if_owned(c: Any, marker: str, owner: str, what: str) -> bool:
+    """Delete ``marker`` if ``owner`` still holds it (never one somebody else has taken meanwhile)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        now = retry_locked(lambda: c.get_registered_model(marker))
+    except MlflowException:
+        return False
+    if now.tags.get("owner") != owner:
+        log.warning(
+            "%s: %s is held by %s now, not by %s: left alone", what, marker, now.tags.get("owner"), owner
+        )
+        return False
+    retry_locked(lambda: c.delete_registered_model(marker), what=what)
+    return True
+
+
+def _take_over(c: Any, lock: str, dead: str, stale_after: float) -> None:
+    """Remove ``lock`` if it is still held by ``dead`` (its holder presumed dead), one process at a time.
+
+    Deleting the lock by name alone would let two takers (or a taker that looked earlier) delete a lock that
+    a third process has just taken. So a taker first creates ``<lock>.takeover-<dead owner>`` (atomic: one
+    wins, the others go back to waiting), checks that the lock is still the dead holder's, deletes it, and
+    removes its marker; a marker left by a taker that died is itself taken over when stale.
+    """
+    import hashlib
+
+    marker = f"{lock}.takeover-{hashlib.sha1(dead.encode()).hexdigest()[:12]}"
+    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not _create_marker(c, marker, me, f"ganops: removing the stale lock of {dead}"):
+        _remove_stale(c, marker, stale_after)
+        return
+    try:
+        if _delete_if_owned(c, lock, dead, "take over a stale promotion lock"):
+            log.warning("took over the stale promotion lock %s held by %s", lock, dead)
+    finally:
+        _delete_if_owned(c, marker, me, "finish a takeover")
+
+
+def _remove_stale(c: Any, marker: str, stale_after: float) -> None:
+    """Delete ``marker`` when older than ``stale_after`` (its creator died): only if nobody replaced it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        held = c.get_registered_model(marker)
+    except MlflowException:
+        return
+    if time.time() - float(held.tags.get("since", "inf")) > stale_after:
+        _delete_if_owned(c, marker, held.tags.get("owner", ""), "remove a stale takeover marker")
 
 
 def _version_facts(mv: Any) -> dict[str, Any]:
