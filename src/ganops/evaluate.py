@@ -87,6 +87,7 @@ def class_stats(probs: torch.Tensor, real_hist: torch.Tensor, min_frac: float) -
     }
 
 
+VISIBLE_GRID = 0.2  # log10: the artifact score at which the summary says GRID (a 2-grey-level checkerboard)
 WEAK_ACCURACY = 0.5  # a classifier right on fewer held-out real pictures than this cannot judge coverage
 WEAK_CONFIDENT = 0.5  # ... nor one confident about fewer real pictures than this
 
@@ -168,21 +169,22 @@ def _features(extractor: torch.nn.Module, x: torch.Tensor, batch_size: int) -> t
 
 
 def feature_metrics(extractor: torch.nn.Module, ref: torch.Tensor, other: torch.Tensor, fake: torch.Tensor,
-                    p: EvaluateParams, seed: int, prefix: str) -> tuple[dict[str, float], Copies]:  # fmt: skip
-    """In one feature space (each picture through ``extractor`` once): FID / KID of ``fake`` against
-    ``ref`` (``<prefix>fid``, ...), precision / recall, the copy rate against all real pictures, each beside
-    the real-vs-real value (``other`` in place of ``fake``); and the copy check for the sheet."""
+                    p: EvaluateParams, seed: int, prefix: str = "") -> tuple[dict[str, float], Copies]:  # fmt: skip
+    """In one feature space (each picture through ``extractor`` once): precision / recall of ``fake`` against
+    ``ref``, the copy rate against all real pictures, with ``prefix`` FID / KID too (``<prefix>fid``, ...),
+    each beside the real-vs-real value (``other`` in place of ``fake``); and the copy check for the sheet."""
     f_ref, f_other, f_fake = (_features(extractor, x, p.batch_size) for x in (ref, other, fake))
-    given = _Given(f_ref.shape[1])
-    gen = fid_kid(given, f_ref, f_fake, p.kid_subset_size, p.batch_size, seed)
-    base = fid_kid(given, f_ref, f_other, p.kid_subset_size, p.batch_size, seed)
     precision, recall = precision_recall(f_ref, f_fake)
     base_p, base_r = precision_recall(f_ref, f_other)
     found = copies(f_fake, torch.cat([f_ref, f_other]))
-    m = {f"{prefix}fid": gen["fid"], f"{prefix}kid": gen["kid"], f"{prefix}kid_std": gen["kid_std"],
-         f"baseline_{prefix}fid": base["fid"], f"baseline_{prefix}kid": base["kid"],
-         "precision": precision, "recall": recall, "baseline_precision": base_p, "baseline_recall": base_r,
+    m = {"precision": precision, "recall": recall, "baseline_precision": base_p, "baseline_recall": base_r,
          "copy_rate": found.rate, "baseline_copy_rate": copies(f_other, f_ref).rate}  # fmt: skip
+    if prefix:
+        given = _Given(f_ref.shape[1])
+        gen = fid_kid(given, f_ref, f_fake, p.kid_subset_size, p.batch_size, seed)
+        base = fid_kid(given, f_ref, f_other, p.kid_subset_size, p.batch_size, seed)
+        m |= {f"{prefix}fid": gen["fid"], f"{prefix}kid": gen["kid"], f"{prefix}kid_std": gen["kid_std"],
+              f"baseline_{prefix}fid": base["fid"], f"baseline_{prefix}kid": base["kid"]}  # fmt: skip
     return m, found
 
 
@@ -233,11 +235,10 @@ def evaluate_samples(
         "baseline_kid": base["kid"],
     }
     if embedding is not None:
-        vgg, found = feature_metrics(embedding, ref, other, fake, p, seed, prefix="vgg_")
-    else:  # the classifier's features (domain FID / KID already above: their names stay as they were)
-        vgg, found = feature_metrics(ext, ref, other, fake, p, seed, prefix="domain_")
-        vgg = {k: v for k, v in vgg.items() if "fid" not in k and "kid" not in k}
-    m |= vgg | spectral_metrics(fake, ref, other, seed=seed)
+        feats, found = feature_metrics(embedding, ref, other, fake, p, seed, prefix="vgg_")
+    else:  # the classifier's features (their FID / KID are the domain ones above)
+        feats, found = feature_metrics(ext, ref, other, fake, p, seed)
+    m |= feats | spectral_metrics(fake, ref, other, seed=seed)
     if clf.trained:
         m |= _class_metrics(clf, labels, other, fake, p, fake_labels)
     return m, found
@@ -381,8 +382,8 @@ def summary_line(m: dict[str, Any]) -> str:
             parts.append("MODE COLLAPSE")
         if m.get("classifier_note"):
             parts.append(f"classifier {m['classifier_note']}")
-    if "artifact_score" in m:
-        grid = " GRID" if m["artifact_score"] > m["artifact_floor"] else ""
+    if "artifact_score" in m:  # GRID: above the noise floor and a visible peak (1.6x its surroundings)
+        grid = " GRID" if m["artifact_score"] > max(m["artifact_floor"], VISIBLE_GRID) else ""
         parts.append(f"artifacts {m['artifact_score']:.2f} (floor {m['artifact_floor']:.2f}){grid}")
     if "precision" in m:
         parts.append(f"precision {m['precision']:.2f} / recall {m['recall']:.2f}")

@@ -7,13 +7,14 @@ have a smooth spectrum there. Two measures, both against the real images and so 
 
 - :func:`artifact_score`, the periodic peaks only. For a set of images, ``L`` is the mean log10 power
   spectrum (grey levels, each image's mean removed, a Hann window against edge leakage). A frequency's
-  *peak excess* is ``L(f)`` minus the median of ``L`` over the frequencies at the same radius ``|f|`` (its
-  background: a blur or any isotropic change moves both alike). The score is the mean, over the top tenth of the grid frequencies ``f = (a, b) * S/16``
-  (every period 16, 8, 4, 2 px lands on that grid), of ``max(0, excess_fake(f) - excess_real(f))``: how
-  many decades (log10) the generated images' peaks stand above what the real images have at the same
-  places (so a real texture or JPEG's 8-px blocks are not counted against the generator). 0.4 = a peak
-  2.5x stronger than the real one. Where the generated pictures have under a tenth of the real power all
-  around a frequency (a heavy blur), a peak is measured from that tenth, not from the blur's near-zero.
+  *peak excess* is ``L(f)`` minus its local background, the median of ``L`` over the cells 2-3 bins
+  around it. The score is the mean, over the top tenth of the grid frequencies ``f = (a, b) * S/16``
+  (every period 16, 8, 4, 2 px lands on that grid), of ``max(0, excess_fake(f) - max(0, excess_real(f)))``:
+  how many decades (log10) the generated pictures' peaks stand out, less the peak the real pictures have
+  at the same place (a real texture's or JPEG's 8-px blocks are not counted against the generator; the
+  real pictures' dips, such as the nulls of an upscaled set, are not counted for it). 0.4 = a peak 2.5x
+  above its surroundings. Where the generated pictures have under a tenth of the real power all around a
+  frequency (a heavy blur), the background is taken as that tenth, so leakage and noise are no peak.
 - :func:`spectrum_distance`, the whole shape: the mean absolute log10 difference between the azimuthally
   averaged power spectra (radii 1 .. S/2). Blur (too little high-frequency power, what an undertrained GAN
   shows) moves it as well as a grid does; the artifact score is not moved by blur.
@@ -86,14 +87,15 @@ def _grid_cells(S: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def peak_excess(L_fake: torch.Tensor, L_real: torch.Tensor) -> torch.Tensor:
-    """Centred log spectra (S, S) -> (K,) the peak excess (log10) of ``L_fake`` over ``L_real`` at each grid
-    frequency: the log ratio of the two spectra there, less its local background."""
-    R = L_fake - L_real  # smooth for a blur or a colour shift (a transfer function), peaked for a grid
-    # Where the generated pictures have almost nothing (a strong blur: under a tenth of the real power, all
-    # around), the log ratio is noise and leakage; a peak counts there only above a tenth of the real power.
-    background = _ring_median(R).clamp_min(VISIBLE)
-    rows, cols = _grid_cells(R.shape[-1])
-    return (R - background)[rows, cols]
+    """Centred log spectra (S, S) -> (K,) how far (log10) the generated pictures' spectrum peaks at each grid
+    frequency above its own local background, less the real pictures' own peak there (if any)."""
+    bg_real = _ring_median(L_real)
+    # where the generated pictures have almost nothing around a frequency (a heavy blur: under a tenth of
+    # the real power), their log spectrum is leakage and noise; a peak counts from a tenth of the real power
+    bg_fake = torch.maximum(_ring_median(L_fake), bg_real + VISIBLE)
+    real_peak = (L_real - bg_real).clamp_min(0)  # a real texture's or JPEG's own peak excuses the same one
+    rows, cols = _grid_cells(L_fake.shape[-1])
+    return ((L_fake - bg_fake) - real_peak)[rows, cols]
 
 
 def artifact_score(fake: torch.Tensor, real: torch.Tensor) -> float:
