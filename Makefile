@@ -97,7 +97,10 @@ mlflow-server: $(STAMP) postgres
 	$(BIN)/mlflow server --backend-store-uri postgresql+psycopg2://$(PG_USER)@127.0.0.1:$(PG_PORT)/mlflow \
 	  --artifacts-destination $(MLFLOW_ARTIFACTS) --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
-# Lint + type check + the whole test suite (unit and e2e tiers); this is what .ci/run calls.
+# Lint + type check + the whole test suite (unit and e2e tiers); this is what .ci/run calls. The run's 25
+# slowest test phases (--durations=25) also go to bench/results/test_durations.txt (tests/conftest.py writes
+# it; a read-only folder is a warning): CI keeps files, not console output.
+test: export GANOPS_TEST_DURATIONS = bench/results/test_durations.txt
 test: $(STAMP) lint browser postgres
 	$(BIN)/python -m pytest -q
 

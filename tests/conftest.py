@@ -12,6 +12,7 @@ import ipaddress
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,11 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # The params every test starts from: a fixed copy, so a user's `dvc exp apply` or an edited params.yaml in
 # the working copy never changes what the suite tests (tests/test_config.py keeps it in step with the schema).
 PARAMS = Path(__file__).resolve().parent / "params.yaml"
+
+# `make test` sets this to a file (bench/results/test_durations.txt): the run's slowest test phases, as
+# `--durations=25` prints them, are written there at the end. CI keeps files, not console output.
+DURATIONS_ENV = "GANOPS_TEST_DURATIONS"
+_durations_file = pytest.StashKey[tuple[Path, float]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,6 +70,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for tests in modules.values():
             rng.shuffle(tests)
         items[:] = [item for m in order for item in modules[m]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # popped: the servers, `dvc` and `make` the tests start must not inherit it (nor write the file)
+    target = os.environ.pop(DURATIONS_ENV, "")
+    if target:
+        config.stash[_durations_file] = (config.invocation_params.dir / target, time.time())
+        if config.option.durations is None:  # on the console too
+            config.option.durations = 25
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Write the slowest test phases to $GANOPS_TEST_DURATIONS' file, if set; a file that cannot be written
+    is a warning, never a failed run."""
+    if _durations_file not in config.stash:
+        return
+    path, started = config.stash[_durations_file]
+    n = config.option.durations or None  # --durations=0: all of them
+    stats = terminalreporter.stats
+    reports = [r for reps in stats.values() for r in reps if hasattr(r, "duration")]  # as --durations does
+    reports.sort(key=lambda r: r.duration, reverse=True)
+    kinds = ("passed", "failed", "error", "skipped")
+    counts = ", ".join(f"{len(stats[k])} {k}" for k in kinds if stats.get(k))
+    lines = [
+        f"# the {n or 'all'} slowest test phases (pytest --durations={n or 0}) of one run",
+        f"# finished {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} after {time.time() - started:.0f} s "
+        f"on {os.cpu_count()} CPUs: exit status {int(exitstatus)}, {counts or 'no tests'}",
+        f"# pytest {' '.join(config.invocation_params.args)}".rstrip(),
+        *(f"{r.duration:.2f}s {r.when:<8} {r.nodeid}" for r in reports[:n]),
+    ]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+    except OSError as err:  # a read-only checkout: the run's result stands
+        terminalreporter.write_line(f"could not write the test durations to {path}: {err}", yellow=True)
+    else:
+        terminalreporter.write_line(f"test durations written to {path}")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -64,12 +64,22 @@ def _gan_loss(r1_gamma=1.0, r1_every=2):
 
 
 def test_gan_loss_d_phase_adds_lazy_r1_only_when_due():
-    G, D, loss = _gan_loss()
+    # a large gamma: a fresh D's input gradients are small (R1 ~ 1e-4 here), and the penalty must stand well
+    # above float32's rounding of total - loss (~2e-7 next to a loss of ~2)
+    gamma, every = 50.0, 3
+    G, D, loss = _gan_loss(r1_gamma=gamma, r1_every=every)
     reals, z = [torch.rand(4, 1, 8, 8) * 2 - 1], torch.randn(4, 4, 1, 1)
-    due = loss.d_phase(reals, None, z, None, n=2, keep_graph=True)
-    assert due.total.item() > due.loss.item()  # + gamma / 2 * r1_every * R1
+    due = loss.d_phase(reals, None, z, None, n=6, keep_graph=True)
+    # R1 from its definition, by hand: gamma / 2 * E_x ||grad_x D(x)||^2 at the real batch, times r1_every
+    # (lazy regularisation: applied every r1_every D steps, scaled up to match). D is in train mode, as in
+    # the phase: BatchNorm normalises with the real batch's statistics (its running ones do not count).
+    x = reals[0].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(D([x]).sum(), x)  # (B, 1, 8, 8): row i is grad_x_i of the summed logits
+    expected = gamma / 2 * every * grad.pow(2).sum((1, 2, 3)).mean()
+    assert expected.item() > 1e-3
+    assert (due.total - due.loss).item() == pytest.approx(expected.item(), rel=1e-3)
     assert due.real_logits.shape == (4,) and due.fakes[0].shape == (4, 1, 8, 8) and due.fakes[0].requires_grad
-    skipped = loss.d_phase(reals, None, z, None, n=3, keep_graph=False)
+    skipped = loss.d_phase(reals, None, z, None, n=7, keep_graph=False)  # 7 % r1_every != 0: not due
     assert skipped.total is skipped.loss and not skipped.fakes[0].requires_grad
 
 
