@@ -1,7 +1,8 @@
 """Adaptive batching inside the API process: the latents of concurrent requests go through one forward.
 
 While one batch runs (in a dedicated thread, off the event loop), new requests queue; when it ends, all
-that queued (up to ``max_batch`` images, same model only) form the next batch. No timer: a lone request
+that queued (up to ``max_batch`` images, same model only) form the next batch; a request of more than
+``max_batch`` images is cut into several jobs, so no forward pass is ever larger. No timer: a lone request
 runs at once, and under load batches grow by themselves to what one forward pass can absorb. Each
 request's images are then encoded (PNG / JSON / npy) by its own ``encode`` in a second thread, so
 encoding batch k overlaps the forward pass of batch k+1 on another core.
@@ -58,10 +59,14 @@ class Batcher:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._dispatch())
         assert self._wake is not None
-        job = _Job(G, z, encode, loop.create_future())
-        self._jobs.append(job)
+        # a request larger than one forward pass (GANOPS_MAX_N > GANOPS_MAX_BATCH) goes as several jobs of at
+        # most max_batch latents each; its images are put back together and encoded as one answer
+        jobs = [_Job(G, z[i : i + self.max_batch], encode, loop.create_future())
+                for i in range(0, len(z), self.max_batch)]  # fmt: skip
+        self._jobs.extend(jobs)
         self._wake.set()
-        images = await job.done
+        parts = await asyncio.gather(*(j.done for j in jobs))  # the client gone: gather cancels all its jobs
+        images = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return await loop.run_in_executor(self._encode, encode, images)
 
     async def _dispatch(self) -> None:

@@ -283,3 +283,20 @@ def test_a_holder_whose_lock_was_taken_over_does_not_release_the_new_one(isolate
         _plant_lock(c, "gen", "other-host:7", time.time())
     assert c.get_registered_model("gen.lock").tags["owner"] == "other-host:7"  # left alone
     mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("name", ["it's mine", 'say "hi"', "both ' and \" <img src=x onerror=\"a='b'\">"])
+def test_registered_names_with_quotes_register_once_and_list_only_their_own_versions(name, tmp_path,
+                                                                                      isolated_tracking):  # fmt: skip
+    from ganops.tracking.registry import model_versions, register_generator
+
+    with start_run(parse_params({}), ctx=RunContext("t"), data_hash="h", root=tmp_path) as run:
+        (tmp_path / "ckpt").mkdir()
+        (tmp_path / "ckpt" / "config.json").write_text("{}")
+        run.log_artifacts(tmp_path / "ckpt", "checkpoint")
+    other = name.replace("'", "_").replace('"', "_")  # what a LIKE with _ for each quote matches as well
+    first = register_generator(run.run_id, name, {"dataset_hash": "h"})
+    assert register_generator(run.run_id, name, {"dataset_hash": "h"})["version"] == first["version"]  # once
+    register_generator(run.run_id, other, {"dataset_hash": "h"})
+    assert [v["version"] for v in model_versions(name)] == [first["version"]]
+    assert MlflowClient(isolated_tracking).get_model_version(name, str(first["version"])).run_id == run.run_id

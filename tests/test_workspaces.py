@@ -30,6 +30,25 @@ def test_gc_keeps_the_newest_and_never_a_held_workspace(tmp_path):
     assert old[3].exists()
 
 
+def test_gc_never_follows_a_symlink_out_of_its_folder(tmp_path):
+    outside = tmp_path / "users-photos"
+    outside.mkdir()
+    (outside / "cat.jpg").write_bytes(b"precious")
+    run = _workspace(tmp_path / "project", "run-old", age_days=5)
+    (run / "photos").symlink_to(outside, target_is_directory=True)  # a link inside a workspace
+    (run / "one.jpg").symlink_to(outside / "cat.jpg")
+    link = flow_run_dir(tmp_path / "project", "linked-run")
+    link.symlink_to(outside, target_is_directory=True)  # a link among the workspaces: not one of them
+    gone = gc(tmp_path / "project", keep=0)
+    assert gone == [run] and not run.exists()
+    assert (outside / "cat.jpg").read_bytes() == b"precious" and link.is_symlink()
+    outer = tmp_path / "elsewhere"
+    (outer / ".ganops").mkdir(parents=True)
+    (outer / ".ganops" / "flow-runs").symlink_to(tmp_path / "project" / ".ganops" / "flow-runs")
+    _workspace(tmp_path / "project", "run-2", age_days=1)
+    assert gc(outer, keep=0) == []  # the workspaces folder itself is a link: not this project's
+
+
 def test_gc_command_lists_what_it_removes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _workspace(tmp_path, "a", 3)

@@ -73,11 +73,15 @@ def gc(
     root: Path, *, keep: int = 20, older_than_days: float | None = None, dry_run: bool = False
 ) -> list[Path]:
     """Remove flow-run workspaces beyond the ``keep`` newest (and, if given, only those older than
-    ``older_than_days``); never one held by a running flow. Returns what was (or would be) removed."""
+    ``older_than_days``); never one held by a running flow. Returns what was (or would be) removed.
+
+    Never follows a symlink out of the folder: a link among the workspaces is not a workspace (left alone),
+    and a link inside one is removed as a link, its target untouched."""
     base = root / FLOW_RUNS
-    if not base.is_dir():
+    if not base.is_dir() or base.is_symlink():
         return []
-    runs = sorted((d for d in base.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    runs = [d for d in base.iterdir() if d.is_dir() and not d.is_symlink()]
+    runs.sort(key=lambda d: d.stat().st_mtime, reverse=True)
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     gone = []
     for d in runs[max(keep, 0) :]:

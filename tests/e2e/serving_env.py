@@ -30,8 +30,11 @@ BIN = Path(sys.executable).parent
 MAX_N = 32
 
 
-def train_version(root: Path, uri: str, seed: int = 0, metrics: dict | None = None) -> dict:
-    """Train a tiny conditional generator, log it as an MLflow run and register it (no alias moved)."""
+def train_version(
+    root: Path, uri: str, seed: int = 0, metrics: dict | None = None, name: str = "ganops-generator"
+) -> dict:
+    """Train a tiny conditional generator, log it as an MLflow run and register it as ``name`` (no alias
+    moved)."""
     d = prepare(DataParams(image_size=16, limit=64))
     p = GanParams(**{**PLAIN_DCGAN, "conditional": True}, latent_dim=8, ngf=4, ndf=4, batch_size=16, steps=3,
                   sample_every=3, checkpoint_every=3)  # fmt: skip
@@ -42,7 +45,7 @@ def train_version(root: Path, uri: str, seed: int = 0, metrics: dict | None = No
             run.log_artifacts(r.export, "checkpoint")
         m = {"dataset_hash": manifest(d)["content_hash"], "extractor": "test", "domain_fid": 1.5,
              "baseline_fid": 0.25} | (metrics or {})  # fmt: skip
-        facts = register_generator(run.run_id, "ganops-generator", m)
+        facts = register_generator(run.run_id, name, m)
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     return facts | {"export": r.export}
@@ -60,8 +63,8 @@ def make_champion(root: Path, uri: str) -> dict:
     return facts | {"root": root}
 
 
-def register_style_net(root: Path) -> None:
-    """A tiny fast style net, logged and registered as ganops-style-waves@champion (as the stage does)."""
+def register_style_net(root: Path, style: str = "waves") -> None:
+    """A tiny fast style net, logged and registered as ganops-style-<style>@champion (as the stage does)."""
     from ganops.artifacts import atomic_write
     from ganops.config import StyleParams
     from ganops.models.style import build_vgg
@@ -77,15 +80,13 @@ def register_style_net(root: Path) -> None:
     with style_run(
         parse_params({}),
         ctx=RunContext("test"),
-        style="waves",
+        style=style,
         content="(training)",
         extractor=vgg.name,
         root=root,
     ) as run:
         run.log_artifacts(folder, STYLE_NET_ARTIFACT)
-        register_folder(
-            run.run_id, STYLE_NET_ARTIFACT, style_model_name("waves"), "champion", {"style": "waves"}
-        )
+        register_folder(run.run_id, STYLE_NET_ARTIFACT, style_model_name(style), "champion", {"style": style})
 
 
 @contextmanager

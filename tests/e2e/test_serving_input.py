@@ -269,3 +269,23 @@ def test_schemathesis_fuzz_of_the_openapi_spec_finds_no_server_error(server, tmp
     assert counts and "Schema Error" not in r.stdout, r.stdout[-6000:] + r.stderr[-2000:]
     assert int(counts[1]) > 0 and counts[1] == counts[2], r.stdout[-6000:]
     still_serving(base)
+
+
+def test_upload_filenames_never_choose_where_anything_is_written(server, tmp_path):
+    base, _ = server
+    up = "../" * 16  # from any working directory up to the root, then down into this test's folder
+    names = {
+        "relative": (
+            up + str(tmp_path / "by-relative-name.png").lstrip("/"),
+            tmp_path / "by-relative-name.png",
+        ),
+        "absolute": (str(tmp_path / "by-absolute-name.png"), tmp_path / "by-absolute-name.png"),
+        "windows": ("..\\..\\" + "by-backslash-name.png", None),
+    }
+    for what, (name, target) in names.items():
+        r = post(base, "/stylize", files=_upload(_image(20, 20), name), data={"style": "waves"})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", (what, r.text)
+        if target is not None:
+            assert not target.exists(), what  # the name is a label: the service writes nothing by it
+    assert list(tmp_path.iterdir()) == []
+    still_serving(base)

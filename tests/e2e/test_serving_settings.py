@@ -1,7 +1,8 @@
 """Service settings and an unconditional champion: GANOPS_MODEL_NAME / GANOPS_MODEL_ALIAS pick what is served;
 `label` on an unconditional generator is a 400; `/stylize` with no registered fast net is a 404; the size
-limits and the batch cap come from the environment; a deleted alias keeps the service serving; no champion
-at start stops the server with what to run."""
+limits, the batch cap, GANOPS_MAX_N (exactly, one above, and above the batch cap) and the allowed hosts and
+origins come from the environment; a deleted alias keeps the service serving; no champion at start, or a
+CUDA device on a machine without one, stops the server with what to do."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ from tests.e2e.servers import free_port, stop
 from tests.e2e.serving_env import ROOT, serve
 
 LIMITS = {"GANOPS_MAX_BODY_BYTES": "300", "GANOPS_MAX_UPLOAD_BYTES": "3000", "GANOPS_MAX_BATCH": "4",
-          "GANOPS_ACCESS_LOG": "1", "GANOPS_TORCH_THREADS": "3"}  # fmt: skip  # threads: min(4, cores) by default
+          "GANOPS_ACCESS_LOG": "1", "GANOPS_TORCH_THREADS": "3",  # threads: min(4, cores) by default
+          "GANOPS_MAX_N": "6",  # above GANOPS_MAX_BATCH: one request of 6 is two forward passes
+          "GANOPS_ALLOWED_HOSTS": "gen.internal, 127.0.0.1",  # localhost (a default) is no longer allowed
+          "GANOPS_ALLOWED_ORIGINS": "https://app.example"}  # fmt: skip
 
 pytestmark = pytest.mark.e2e
 
@@ -111,19 +115,53 @@ def test_size_limits_come_from_the_environment(plain):
     assert r.status_code == 413, r.text
 
 
+def _batch_histogram(base: str) -> dict[str, float]:
+    """The service's images-per-forward-pass histogram: {"count", "sum", "le4.0", ...} from /metrics."""
+    hist = {}
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        m = re.match(r"ganops_forward_batch_images_(count|sum|bucket)(\{[^}]*\})? (\S+)$", line)
+        if m:
+            le = re.search(r'le="([^"]+)"', m[2] or "")
+            hist["le" + le[1] if le else m[1]] = float(m[3])
+    return hist
+
+
+def test_max_n_exactly_is_served_in_batches_the_batcher_allows_and_one_above_is_a_4xx(plain):
+    import io
+
+    import numpy as np
+
+    base, _ = plain
+    before = _batch_histogram(base)
+    r = httpx.post(base + "/generate", json={"n": 6, "seed": 2, "format": "npy"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert np.load(io.BytesIO(r.content)).shape == (6, 16, 16, 1)
+    after = _batch_histogram(base)
+    passes = after["count"] - before["count"]
+    assert passes >= 2 and after["sum"] - before["sum"] == 6  # GANOPS_MAX_N=6 > GANOPS_MAX_BATCH=4: split
+    assert after["le4.0"] - before["le4.0"] == passes  # ... and no forward pass took more than 4 images
+    r = httpx.post(base + "/generate", json={"n": 7}, timeout=30)
+    assert 400 <= r.status_code < 500 and "n" in r.text, r.text
+
+
+def test_allowed_hosts_and_origins_come_from_the_environment(plain):
+    base, _ = plain
+    ask = lambda **headers: httpx.post(base + "/generate", json={"n": 1}, headers=headers, timeout=30)  # noqa: E731
+    assert ask(host="gen.internal:3000").status_code == 200  # GANOPS_ALLOWED_HOSTS names it (any port)
+    r = ask(host="localhost:3000")  # a default host, not in this service's list
+    assert r.status_code == 400 and "gen.internal" in r.text, r.text
+    assert ask(origin="https://app.example").status_code == 200  # GANOPS_ALLOWED_ORIGINS names it
+    r = ask(origin="https://evil.example")
+    assert r.status_code == 403 and "GANOPS_ALLOWED_ORIGINS" in r.text, r.text
+
+
 def test_batches_never_exceed_max_batch_and_requests_are_logged(plain):
     base, facts = plain
     with ThreadPoolExecutor(12) as pool:
         codes = list(pool.map(lambda s: httpx.post(base + "/generate", json={"n": 1, "seed": s}, timeout=60)
                               .status_code, range(48)))  # fmt: skip
     assert codes == [200] * 48
-    metrics = httpx.get(base + "/metrics", timeout=10).text
-    hist = {}
-    for line in metrics.splitlines():
-        m = re.match(r"ganops_forward_batch_images_(count|sum|bucket)(\{[^}]*\})? (\S+)$", line)
-        if m:
-            le = re.search(r'le="([^"]+)"', m[2] or "")
-            hist["le" + le[1] if le else m[1]] = float(m[3])
+    hist = _batch_histogram(base)
     assert hist["sum"] >= 48
     assert hist["le4.0"] == hist["count"], hist  # every forward pass took at most GANOPS_MAX_BATCH=4 images
     assert hist["count"] * 4 >= hist["sum"]
@@ -164,3 +202,23 @@ def test_no_champion_at_start_stops_the_server_saying_what_to_run(tmp_path):
             stop(proc)
     text = (tmp_path / "serve.log").read_text()
     assert "cannot start: no model ganops-generator@champion" in text and "`dvc repro` or `make demo`" in text
+
+
+def test_a_cuda_device_on_a_machine_without_cuda_stops_the_server_naming_the_setting(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: GANOPS_DEVICE=cuda is valid here")
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "BENTOML_DO_NOT_TRACK": "true",
+                        "BENTOML_HOME": str(tmp_path / "bentoml"), "GANOPS_DEVICE": "cuda",
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(["bentoml", "serve", "serving.service:GanService", "--host", "127.0.0.1",
+                                 "--port", str(free_port())], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            proc.wait(timeout=240)  # stops by itself: BentoML alone would restart the worker forever
+        finally:
+            stop(proc)
+    text = (tmp_path / "serve.log").read_text()
+    assert "cannot start: GANOPS_DEVICE is 'cuda' but CUDA is not available here" in text, text[-2000:]

@@ -175,11 +175,8 @@ def register_generator(
     c = MlflowClient()
     _ensure_registered_model(c, name, "ganops DCGAN generators: checkpoint folder (weights + config.json)")
     source = f"runs:/{run_id}/{artifact_path}"
-    existing = [
-        mv
-        for mv in retry_locked(lambda: c.search_model_versions(f"name='{name}' and run_id='{run_id}'"))
-        if mv.source == source
-    ]
+    found = retry_locked(lambda: c.search_model_versions(f"{name_filter(name)} and run_id='{run_id}'"))
+    existing = [mv for mv in found if mv.name == name and mv.source == source]
     if existing:
         return _version_facts(existing[0])
     tags = {k: str(v) for k, v in facts.items() if k in _META_KEYS}
@@ -237,11 +234,22 @@ def download_version(name: str, version: int, dst: Path | None = None) -> Path:
     return Path(path)
 
 
+def name_filter(name: str) -> str:
+    """A search filter that matches registered model ``name`` whatever quotes it holds (MLflow's filter
+    strings have no escape): exact where one kind of quote is free, else a ``LIKE`` with ``_`` for each
+    quote, which may match more: callers keep the versions whose ``name`` is ``name``."""
+    if "'" not in name:
+        return f"name='{name}'"
+    if '"' not in name:
+        return f'name="{name}"'
+    return "name LIKE '" + name.replace("'", "_").replace('"', "_") + "'"
+
+
 def model_versions(name: str, limit: int = 50) -> list[dict[str, Any]]:
     """The facts of the newest ``limit`` registered versions of ``name`` (newest first; [] if none)."""
     from mlflow import MlflowClient
 
-    mvs = MlflowClient().search_model_versions(f"name='{name}'")
+    mvs = [mv for mv in MlflowClient().search_model_versions(name_filter(name)) if mv.name == name]
     return sorted((_version_facts(mv) for mv in mvs), key=lambda f: -f["version"])[:limit]
 
 
