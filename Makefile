@@ -56,7 +56,7 @@ style-flow: $(STAMP)
 
 # A Bento (BentoML's deployable archive) of the service; the champion is loaded at start, not baked in.
 bento: $(STAMP)
-	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
 	$(BIN)/bentoml build -f serving/bentofile.yaml .
 
 # Headless Chromium + its driver (Debian packages) for the gallery's browser test; installed when missing

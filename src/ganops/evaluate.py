@@ -87,7 +87,7 @@ def class_stats(probs: torch.Tensor, real_hist: torch.Tensor, min_frac: float) -
     }
 
 
-VISIBLE_GRID = 0.2  # log10: the artifact score at which the summary says GRID (a 2-grey-level checkerboard)
+VISIBLE_GRID = 0.2  # log10: where the summary says GRID (a +-3-grey-level 8-px checkerboard on photos: 0.25)
 WEAK_ACCURACY = 0.5  # a classifier right on fewer held-out real pictures than this cannot judge coverage
 WEAK_CONFIDENT = 0.5  # ... nor one confident about fewer real pictures than this
 

@@ -7,14 +7,15 @@ have a smooth spectrum there. Two measures, both against the real images and so 
 
 - :func:`artifact_score`, the periodic peaks only. For a set of images, ``L`` is the mean log10 power
   spectrum (grey levels, each image's mean removed, a Hann window against edge leakage). A frequency's
-  *peak excess* is ``L(f)`` minus its local background, the median of ``L`` over the cells 2-3 bins
-  around it. The score is the mean, over the top tenth of the grid frequencies ``f = (a, b) * S/16``
-  (every period 16, 8, 4, 2 px lands on that grid), of ``max(0, excess_fake(f) - max(0, excess_real(f)))``:
-  how many decades (log10) the generated pictures' peaks stand out, less the peak the real pictures have
-  at the same place (a real texture's or JPEG's 8-px blocks are not counted against the generator; the
-  real pictures' dips, such as the nulls of an upscaled set, are not counted for it). 0.4 = a peak 2.5x
-  above its surroundings. Where the generated pictures have under a tenth of the real power all around a
-  frequency (a heavy blur), the background is taken as that tenth, so leakage and noise are no peak.
+  *peak excess* is ``L(f)`` minus its background, the median of ``L`` over all frequencies at the same
+  radius ``|f|`` (a blur, or any isotropic change, moves a whole ring alike; a grid lights a few cells of
+  it). The score is the mean, over the top tenth of the grid frequencies ``f = (a, b) * S/16`` (every
+  period 16, 8, 4, 2 px lands on that grid), of ``max(0, excess_fake(f) - max(0, excess_real(f)))``: how
+  many decades (log10) the generated pictures' peaks stand out, less the peak the real pictures have at
+  the same place (a real texture's or JPEG's 8-px blocks are not counted against the generator; the real
+  pictures' dips, such as the nulls of an upscaled set, are not counted for it). 0.4 = a peak 2.5x above
+  its ring. Where the generated pictures have under a tenth of the real power all around a frequency (a
+  heavy blur), the background is taken as that tenth, so leakage and noise are no peak.
 - :func:`spectrum_distance`, the whole shape: the mean absolute log10 difference between the azimuthally
   averaged power spectra (radii 1 .. S/2). Blur (too little high-frequency power, what an undertrained GAN
   shows) moves it as well as a grid does; the artifact score is not moved by blur.
@@ -29,7 +30,6 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 GRID = 16  # the longest period looked for, in px: frequencies on multiples of S/GRID cover P = 16, 8, 4, 2
 VISIBLE = -1.0  # log10: a peak must rise above a tenth of the real pictures' power at its frequency
@@ -66,15 +66,17 @@ def _radii(S: int) -> torch.Tensor:
     return torch.sqrt(d[:, None].double() ** 2 + d[None, :].double() ** 2).round().long()
 
 
-def _ring_median(R: torch.Tensor) -> torch.Tensor:
-    """(S, S) -> (S, S): each cell's local background, the median over the cells 2-3 bins away (Chebyshev
-    distance; the spectrum wraps around), so a peak one or two bins wide stands out of it."""
-    S = R.shape[-1]
-    pad = F.pad(R[None, None], (3, 3, 3, 3), mode="circular")
-    win = F.unfold(pad, kernel_size=7)[0]  # (49, S*S)
-    d = torch.arange(7) - 3
-    cheb = torch.maximum(d[:, None].abs(), d[None, :].abs()).reshape(-1)
-    return win[cheb >= 2].median(0).values.reshape(S, S)
+def _radial_median(L: torch.Tensor) -> torch.Tensor:
+    """(S, S) centred log spectrum -> (S, S): each cell's background, the median of ``L`` over all cells at
+    the same distance from the zero frequency. A blur, a colour or contrast change, anything isotropic,
+    moves a whole ring alike (no peak); a grid puts a few bright cells on a ring, which its median ignores."""
+    r = _radii(L.shape[-1]).reshape(-1)
+    flat = L.reshape(-1)
+    out = torch.empty_like(flat)
+    for k in r.unique():
+        ring = r == k
+        out[ring] = flat[ring].median()
+    return out.reshape(L.shape)
 
 
 def _grid_cells(S: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,11 +90,11 @@ def _grid_cells(S: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def peak_excess(L_fake: torch.Tensor, L_real: torch.Tensor) -> torch.Tensor:
     """Centred log spectra (S, S) -> (K,) how far (log10) the generated pictures' spectrum peaks at each grid
-    frequency above its own local background, less the real pictures' own peak there (if any)."""
-    bg_real = _ring_median(L_real)
+    frequency above its ring's background, less the real pictures' own peak there (if any)."""
+    bg_real = _radial_median(L_real)
     # where the generated pictures have almost nothing around a frequency (a heavy blur: under a tenth of
     # the real power), their log spectrum is leakage and noise; a peak counts from a tenth of the real power
-    bg_fake = torch.maximum(_ring_median(L_fake), bg_real + VISIBLE)
+    bg_fake = torch.maximum(_radial_median(L_fake), bg_real + VISIBLE)
     real_peak = (L_real - bg_real).clamp_min(0)  # a real texture's or JPEG's own peak excuses the same one
     rows, cols = _grid_cells(L_fake.shape[-1])
     return ((L_fake - bg_fake) - real_peak)[rows, cols]
