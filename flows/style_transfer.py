@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.unfinished import tell_unfinished
 from ganops import stages, workspaces
 from ganops.config import Params, load_params
 from ganops.tracking import RunContext, use_store
@@ -151,6 +152,7 @@ def style_transfer_flow(
     with workspaces.hold(workspaces.flow_run_dir(ROOT, run_id)) as work:
         if keep_runs >= 0:
             workspaces.gc(ROOT, keep=keep_runs)
+        tell_unfinished(ROOT, get_run_logger())
         at = stages.Layout(root=work, tracking_root=ROOT)
         params = _inputs(params, overrides, at)
         names = styles or list(params.style.styles)

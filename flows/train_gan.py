@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.unfinished import tell_unfinished
 from ganops import stages, workspaces
 from ganops.config import Params, load_params
 from ganops.tracking import RunContext, tracking_uri, use_store
@@ -104,6 +105,7 @@ def train_gan_flow(
     with workspaces.hold(workspaces.flow_run_dir(ROOT, run_id)) as work:
         if keep_runs >= 0:
             workspaces.gc(ROOT, keep=keep_runs)
+        tell_unfinished(ROOT, get_run_logger())
         if data_rev:
             params = _with_data_root(params, checkout_data(params, data_rev, work / "data-rev"))
         elif params.data.source == "folder" and not Path(params.data.root).is_absolute():

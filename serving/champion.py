@@ -13,9 +13,12 @@ alias) moved; ``refresh()`` does the same on demand (POST /reload). Registry cal
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,19 +42,37 @@ class Served:
         return int(self.facts["version"])
 
 
+def _fetch(model: str, version: int, load: Callable[[Path], Any]) -> Any:
+    """``load`` the files of ``model`` v``version``, fetched into a temp folder that is removed afterwards
+    (a service polling a refused version for hours must not fill its disk with copies).
+
+    Raises:
+        DamagedVersion: a file is damaged, or missing (its upload has not finished, or was cut short).
+    """
+    from ganops.tracking import download_version
+
+    with tempfile.TemporaryDirectory(prefix="ganops-fetch-") as tmp:
+        try:
+            return load(download_version(model, version, Path(tmp)))
+        except DamagedFileError as err:  # refused: never served, whatever serves now goes on
+            raise DamagedVersion(
+                f"{model} v{version} is damaged in the artifact store ({err}): register a good version "
+                f"(run the pipeline again) or point {model}@alias at another version"
+            ) from None
+        except FileNotFoundError as err:
+            raise DamagedVersion(
+                f"{model} v{version} is incomplete in the artifact store ({Path(err.filename or '?').name} "
+                "is missing: still being uploaded, or the upload was cut short); it is tried again at the "
+                f"next check; if it stays so, register a good version or point {model}@alias at another"
+            ) from None
+
+
 def _load_generator(
     name: str, facts: dict[str, Any], device: torch.device
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     from ganops.models.gan import load_generator
-    from ganops.tracking import download_version
 
-    try:
-        G = load_generator(download_version(name, facts["version"]), device=device)
-    except DamagedFileError as err:  # refused: never served, whatever serves now goes on
-        raise DamagedVersion(
-            f"{name} v{facts['version']} is damaged in the artifact store ({err}): register a good version "
-            f"(run the pipeline again) or point {name}@alias at another version"
-        ) from None
+    G = _fetch(name, facts["version"], lambda folder: load_generator(folder, device=device))
     if device.type == "cuda":  # NHWC: what tensor-core convolutions want
         G = G.to(memory_format=torch.channels_last)
     cfg = G.cfg
@@ -62,13 +83,13 @@ def _load_generator(
 
 def _load_style(model: str, version: int) -> torch.nn.Module:
     from ganops.models.style import load_style_net
-    from ganops.tracking import download_version
 
-    return load_style_net(download_version(model, version))
+    return _fetch(model, version, load_style_net)
 
 
 class DamagedVersion(RuntimeError):
-    """A registered version's files are damaged: it is refused (at start the server stops, saying which)."""
+    """A registered version's files are damaged or missing: it is refused (at start the server stops, saying
+    which; while serving, the version held goes on and the refused one is tried again at the next check)."""
 
 
 class NoChampion(LookupError):
@@ -144,11 +165,15 @@ class Follower:
             return True
 
     def _poll(self) -> None:
+        refused = ""  # the last refusal, logged once (not every poll) until something else happens
         while True:
             time.sleep(self.poll_s)
             try:
                 self.refresh()
+                refused = ""
             except DamagedVersion as err:
-                log.error("%s; still serving v%s", err, self.current.version)
+                if str(err) != refused:
+                    log.error("%s; still serving v%s", err, self.current.version)
+                refused = str(err)
             except Exception:  # noqa: BLE001 - a registry hiccup must not end the following
                 log.exception("checking the registry for a new %s@%s failed; retrying", self.name, self.alias)

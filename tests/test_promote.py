@@ -169,28 +169,28 @@ def _racer(root: str, uri: str, who: int, rounds: list, barrier) -> None:
         stages.promote(p, at)
 
 
-def test_two_concurrent_promotions_always_end_with_the_better_one(tmp_path, isolated_tracking):
-    # Compare-and-set: 20 rounds, two processes released together by a barrier; each round the better
-    # candidate (randomly the first or the second process's) must end as champion.
+def race_promotions(tmp_path: Path, uri: str, n_rounds: int) -> None:
+    """``n_rounds`` rounds, two promoting processes released together by a barrier on the store at ``uri``;
+    each round the better candidate (randomly the first or the second process's) must end as champion."""
     import multiprocessing as mp
     import random
 
     rng = random.Random(0)
     rounds = []
-    for _ in range(20):
+    for _ in range(n_rounds):
         a, b = _run_with_checkpoint(tmp_path), _run_with_checkpoint(tmp_path)
         fa, fb = rng.sample([1.0, 2.0], 2)
         rounds.append([(a, fa), (b, fb)])
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_racer, args=(str(tmp_path), isolated_tracking, who, rounds, barrier))
+    procs = [ctx.Process(target=_racer, args=(str(tmp_path), uri, who, rounds, barrier))
              for who in (0, 1)]  # fmt: skip
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=600)
     assert [p.exitcode for p in procs] == [0, 0]
-    c = MlflowClient(isolated_tracking)
+    c = MlflowClient(uri)
     wrong = []
     for r, ((a, fa), (b, fb)) in enumerate(rounds):
         best = a if fa < fb else b
@@ -198,3 +198,8 @@ def test_two_concurrent_promotions_always_end_with_the_better_one(tmp_path, isol
             wrong.append(r)
     assert wrong == [], f"the worse candidate is champion in rounds {wrong}"
     assert not [m.name for m in c.search_registered_models() if m.name.endswith(".lock")]  # locks released
+
+
+def test_two_concurrent_promotions_always_end_with_the_better_one(tmp_path, isolated_tracking):
+    # Compare-and-set on sqlite (tests/e2e/test_tracking_server.py runs it on mlflow server + PostgreSQL)
+    race_promotions(tmp_path, isolated_tracking, 20)

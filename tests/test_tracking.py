@@ -1,5 +1,6 @@
 import socket
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -243,33 +244,36 @@ with open(out, "a") as f:
 TAKERS = 5
 
 
-def test_takers_of_one_dead_lock_end_with_exactly_one_holder_at_a_time(tmp_path):
-    # A dead promoter's lock, five processes taking it over at once: each holds it alone, for its whole
-    # critical section (deleting by name let a late taker delete the lock another had just taken).
+def take_one_dead_lock(tmp_path: Path, uri: str, takers: int) -> None:
+    """A dead promoter's lock in the store at ``uri``, ``takers`` processes taking it over at once: each holds
+    it alone, for its whole critical section (deleting by name let a late taker delete the lock another had
+    just taken)."""
     import json
     import os
     import subprocess
     import sys
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
     c.search_experiments()  # create the store once, before the processes share it
     _plant_lock(c, "gen", "dead-host:1", time.time() - 600)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     out, start = tmp_path / "held.jsonl", time.time() + 8
     procs = [subprocess.Popen([sys.executable, "-c", _TAKER, str(start), str(out)], env=env, stderr=subprocess.PIPE)
-             for _ in range(TAKERS)]  # fmt: skip
+             for _ in range(takers)]  # fmt: skip
     errs = [p.communicate(timeout=300)[1].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-2000:] for e in errs]
     held = sorted(json.loads(line) for line in out.read_text().splitlines())
-    assert len(held) == TAKERS
+    assert len(held) == takers
     for (_t0, t1, owner, still), nxt in zip(held, held[1:] + [None], strict=True):
         assert owner == still and owner != "dead-host:1"  # nobody took it from under the holder
         assert nxt is None or nxt[0] >= t1  # and nobody held it at the same time
     assert "gen.lock" not in {m.name for m in c.search_registered_models()}  # released, no marker left
     assert not [m.name for m in c.search_registered_models() if "takeover" in m.name]
-    mlflow.set_tracking_uri(None)
+
+
+def test_takers_of_one_dead_lock_end_with_exactly_one_holder_at_a_time(tmp_path):
+    # on sqlite (tests/e2e/test_tracking_server.py runs it on mlflow server + PostgreSQL)
+    take_one_dead_lock(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", TAKERS)
 
 
 def test_a_holder_whose_lock_was_taken_over_does_not_release_the_new_one(isolated_tracking):

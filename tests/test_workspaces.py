@@ -72,3 +72,61 @@ def test_publish_lists_outputs_with_checksums_written_last(tmp_path):
         {"path": "out/a.png", "bytes": 9, "sha256": hashlib.sha256(b"png bytes").hexdigest()}
     ]
     assert (tmp_path / DONE).is_file()
+
+
+_DIES_HOLDING = """
+import os, sys
+from pathlib import Path
+from ganops.workspaces import hold
+with hold(Path(sys.argv[1])):
+    os._exit(9)  # killed mid-run: no cleanup, like SIGKILL
+"""
+
+
+def test_a_flow_run_killed_mid_run_leaves_an_unfinished_workspace_nobody_holds(tmp_path):
+    import subprocess
+    import sys
+
+    from ganops.workspaces import held, unfinished
+
+    killed = flow_run_dir(tmp_path, "killed")
+    assert subprocess.run([sys.executable, "-c", _DIES_HOLDING, str(killed)], timeout=120).returncode == 9
+    done = flow_run_dir(tmp_path, "done")
+    with hold(done):
+        publish(done, [], {})
+    running = flow_run_dir(tmp_path, "running")
+    with hold(running):
+        assert held(running) and not held(killed)  # the kernel dropped the dead process's lock
+        assert unfinished(tmp_path) == [killed]  # not the finished one, not the running one
+    assert unfinished(tmp_path) == [killed, running]  # ended without DONE.json: unfinished too
+
+
+def test_the_next_flow_run_names_an_unfinished_one_and_ends_its_abandoned_mlflow_run(tmp_path,
+                                                                                     isolated_tracking):  # fmt: skip
+    import logging
+
+    from flows.unfinished import tell_unfinished
+    from mlflow import MlflowClient
+
+    from ganops import stages
+    from ganops.stages.common import write_run_file
+
+    c = MlflowClient(isolated_tracking)
+    work = flow_run_dir(tmp_path, "f00d")
+    with hold(work):
+        at = stages.Layout(root=work, tracking_root=tmp_path)
+        run = c.create_run(c.create_experiment("e"), tags={"flow_run_id": "f00d"}).info  # opened, never ended
+        write_run_file(at, run.run_id)
+        at.gan.mkdir(parents=True, exist_ok=True)
+        (at.gan / "checkpoint.pt").write_bytes(b"x")
+    # the process died here
+    assert c.get_run(run.run_id).info.status == "RUNNING"
+    records = []
+    log = logging.getLogger("test-unfinished")
+    log.addHandler(type("H", (logging.Handler,), {"emit": lambda self, r: records.append(r.getMessage())})())
+    assert tell_unfinished(tmp_path, log) == ["f00d"]
+    assert "prefect flow-run retry f00d" in records[0] and "keeps a checkpoint" in records[0]
+    assert "marked Crashed" not in records[0]  # "f00d" is no Prefect flow-run id: nothing asked
+    assert f"MLflow run {run.run_id} is marked KILLED" in records[0]
+    assert c.get_run(run.run_id).info.status == "KILLED"
+    assert tell_unfinished(tmp_path, log) == ["f00d"] and "marked KILLED" not in records[1]  # once

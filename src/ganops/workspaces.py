@@ -46,7 +46,7 @@ def hold(work: Path) -> Iterator[Path]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _held(work: Path) -> bool:
+def held(work: Path) -> bool:
     """Whether a running flow holds ``work`` (opening the lock read-only leaves the folder's mtime alone)."""
     try:
         with open(work / _LOCK) as f:
@@ -57,6 +57,17 @@ def _held(work: Path) -> bool:
         return True
     except OSError:  # no lock file: never held
         return False
+
+
+def unfinished(root: Path) -> list[Path]:
+    """Workspaces whose flow run ended before it finished (killed with its worker, cancelled, crashed): no
+    ``DONE.json`` and no longer held (the kernel drops a dead process's lock). Oldest first."""
+    base = root / FLOW_RUNS
+    if not base.is_dir() or base.is_symlink():
+        return []
+    found = [d for d in base.iterdir() if d.is_dir() and not d.is_symlink() and (d / _LOCK).exists()
+             and not (d / DONE).exists() and not held(d)]  # fmt: skip
+    return sorted(found, key=lambda d: d.stat().st_mtime)
 
 
 def publish(work: Path, outputs: list[Path], facts: dict) -> Path:
@@ -87,7 +98,7 @@ def gc(
     for d in runs[max(keep, 0) :]:
         if cutoff is not None and d.stat().st_mtime > cutoff:
             continue
-        if _held(d):
+        if held(d):
             continue
         gone.append(d)
         if not dry_run:

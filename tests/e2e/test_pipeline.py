@@ -140,18 +140,17 @@ def test_exp_run_with_changed_param_is_a_second_mlflow_run(repo):
 
 
 def test_queued_sweep_runs_every_point_into_the_project_store(repo):
-    """The README's sweep recipe: a grid queued with one command, run, compared; MLflow gets every point."""
+    """The README's sweep recipe: a grid queued with one command, run, compared; MLflow gets every point.
+    (Two points, one axis swept: each point is a whole pipeline run, and the grid's product is DVC's.)"""
     d, env, _ = repo
     n_before = _committed_baseline(d, env)
-    out = sh(
-        ["dvc", "exp", "run", "--queue", "-S", "gan.lr_g=0.0001,0.0003", "-S", "gan.loss=bce,hinge"], d, env
-    )
-    assert out.stdout.count("Queued experiment") == 4, out.stdout
+    out = sh(["dvc", "exp", "run", "--queue", "-S", "gan.lr_g=0.0003", "-S", "gan.loss=bce,hinge"], d, env)
+    assert out.stdout.count("Queued experiment") == 2, out.stdout
     sh(["dvc", "exp", "run", "--run-all"], d, env, timeout=900)
     c, runs = _runs(d)
     swept = runs[n_before:]  # queued runs execute in .dvc/tmp/exps/ but log to the project's mlflow.db
     assert sorted((r.data.params["gan.lr_g"], r.data.params["gan.loss"]) for r in swept) == [
-        ("0.0001", "bce"), ("0.0001", "hinge"), ("0.0003", "bce"), ("0.0003", "hinge")]  # fmt: skip
+        ("0.0003", "bce"), ("0.0003", "hinge")]  # fmt: skip
     assert all(r.data.tags.get("dvc_exp_name") and "domain_fid" in r.data.metrics for r in swept)
     show = sh(["dvc", "exp", "show", "--no-pager", "--md", "--sort-by", "domain_fid", "--sort-order", "asc"],
               d, env).stdout  # fmt: skip

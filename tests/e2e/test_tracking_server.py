@@ -1,5 +1,6 @@
 """A shared tracking server: `mlflow server` on a real PostgreSQL with proxied artifacts, reached by the
-pipeline through ``MLFLOW_TRACKING_URI`` alone (what `make mlflow-server` starts for a team).
+pipeline through ``MLFLOW_TRACKING_URI`` alone (what `make mlflow-server` starts for a team); the promotion
+race and the takeover of a dead promoter's lock hold there as on sqlite.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from tests.e2e import postgres
 from tests.e2e.project import BIN, project_env, sh, tiny_project
 from tests.e2e.servers import start_server, stop
 from tests.e2e.serving_env import serve
+from tests.test_promote import race_promotions
+from tests.test_tracking import take_one_dead_lock
 
 pytestmark = pytest.mark.e2e
 
@@ -119,3 +122,17 @@ def test_two_concurrent_trainings_are_both_recorded(tmp_path, server):
     assert sorted(r.data.params["base.seed"] for r in runs) == ["1", "2"]
     assert all(r.info.status == "FINISHED" and c.list_artifacts(r.info.run_id, "checkpoint") for r in runs)
     assert all(len(c.get_metric_history(r.info.run_id, "loss_d")) == 3 for r in runs)  # steps 2, 4, 6
+
+
+def test_two_concurrent_promotions_on_the_server_end_with_the_better_one(tmp_path, server, monkeypatch):
+    # compare-and-set through the REST API: the lock is a registered model created in PostgreSQL, where
+    # a second create of one name fails atomically as it does on sqlite
+    uri, _ = server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    race_promotions(tmp_path, uri, 10)
+
+
+def test_takers_of_one_dead_lock_on_the_server_end_with_exactly_one_holder(tmp_path, server, monkeypatch):
+    uri, _ = server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    take_one_dead_lock(tmp_path, uri, 5)

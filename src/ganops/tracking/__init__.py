@@ -26,6 +26,7 @@ from ganops.tracking.registry import (
 from ganops.tracking.runs import (
     RunContext,
     RunLogger,
+    end_abandoned_run,
     git_commit,
     log_artifact_to_run,
     log_to_run,
@@ -55,6 +56,7 @@ __all__ = [
     "check_reachable",
     "download_champion",
     "download_version",
+    "end_abandoned_run",
     "git_commit",
     "log_artifact_to_run",
     "log_to_run",

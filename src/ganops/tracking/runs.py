@@ -141,6 +141,22 @@ def _ending(run: Any) -> Iterator[None]:
         retry_locked(lambda: mlflow.end_run(status), what="end_run")
 
 
+def end_abandoned_run(run_id: str) -> bool:
+    """Mark run ``run_id`` KILLED if it still says RUNNING although its process is gone (MLflow would show it
+    running for ever); resuming its checkpoint later reopens it. True if it was marked."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    c = MlflowClient()
+    try:
+        if retry_locked(lambda: c.get_run(run_id)).info.status != "RUNNING":
+            return False
+    except MlflowException:  # deleted, or another store's
+        return False
+    retry_locked(lambda: c.set_terminated(run_id, "KILLED"), what="mark an abandoned run KILLED")
+    return True
+
+
 def _run_finished(client: Any, run: Any) -> bool:
     """A run is finished (and so frozen) once it ended normally or its export was logged."""
     return run.info.status == "FINISHED" or bool(client.list_artifacts(run.info.run_id, "checkpoint"))
