@@ -90,6 +90,27 @@ def test_a_full_disk_or_a_failing_rename_keeps_the_previous_file_and_leaves_no_t
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+def test_keeping_the_previous_checkpoint_never_leaves_a_moment_without_one(tmp_path, monkeypatch):
+    # a kill at any step of the write must find checkpoint.pt (resume reads it; without it training would
+    # start afresh): the old file is linked to .prev.pt, never moved away first
+    from ganops.artifacts import previous
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_write(target, "step 1")
+    seen, real_replace = [], os.replace
+
+    def watched(src, dst):
+        seen.append(target.read_text())  # raises if the checkpoint is missing at this step
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", watched)
+    atomic_write(target, "step 2", keep_previous=previous(target))
+    monkeypatch.undo()
+    assert seen and set(seen) == {"step 1"}  # present, and the old one, until the new one takes its place
+    assert target.read_text() == "step 2" and previous(target).read_text() == "step 1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]  # no temp
+
+
 def _flip_a_bit(path, at: float = 0.5) -> None:
     data = bytearray(path.read_bytes())
     data[int(len(data) * at)] ^= 0x10

@@ -70,7 +70,12 @@ def test_prepare_then_train_then_summary(project, isolated_tracking):
     assert "domain FID" in r.output and "coverage" in r.output and "32 samples" in r.output
     ev = json.loads((project / "metrics/evaluate.json").read_text())
     assert ev["run_id"] == runs[0].info.run_id and ev["n_generated"] == 32
-    assert "domain_fid" in MlflowClient(isolated_tracking).get_run(ev["run_id"]).data.metrics
+    evaluated = MlflowClient(isolated_tracking).get_run(ev["run_id"])
+    assert "domain_fid" in evaluated.data.metrics
+    note = evaluated.data.tags["mlflow.note.content"]  # the run's description: what, then how it scored
+    assert note.startswith("dcgan generator trained on digits (first 64 pictures) at 16 px for 4 steps")
+    assert f"Evaluated: domain_fid {ev['domain_fid']:.4g} (real-vs-real {ev['baseline_fid']:.4g})" in note
+    assert [d.dataset.digest for d in evaluated.inputs.dataset_inputs] == [ev["dataset_hash"][:32]]
     r = runner.invoke(app, ["promote"])  # trained on 64 of the 1,797 digits: a smoke run never takes over
     assert (
         r.exit_code == 0

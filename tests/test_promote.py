@@ -77,6 +77,7 @@ def _promote(tmp: Path, run_id: str, fid: float):
         "dataset_hash": "h",
         "extractor": "domain-classifier",
         "domain_fid": fid,
+        "baseline_fid": 0.25,
         "coverage": 10,
     }
     (tmp / "metrics" / "evaluate.json").write_text(json.dumps(m))
@@ -108,6 +109,12 @@ def test_better_run_becomes_champion_and_a_worse_one_does_not(tmp_path, monkeypa
     assert len(c.search_model_versions("name='ganops-generator'")) == 3
     r = CliRunner().invoke(app, ["champion"])
     assert r.exit_code == 0 and "ganops-generator@champion = v2" in r.output
+    # each version describes itself: what was trained, the promotion metric beside its baseline
+    v2 = c.get_model_version("ganops-generator", "2")
+    run_name = c.get_run(second).info.run_name
+    assert v2.description == (f"dcgan generator, digits at 32 px, 2000 steps; run {run_name} ({second}); "
+                              "domain_fid 3 beside real-vs-real 0.25 (final export)")  # fmt: skip
+    assert "one training run" in c.get_registered_model("ganops-generator").description
 
 
 def test_promote_without_evaluation_or_run(tmp_path, monkeypatch, isolated_tracking):

@@ -153,6 +153,8 @@ def test_store_is_wal_and_concurrent_first_use_by_many_processes_works(tmp_path)
     assert len(exps) == 1
     runs = c.search_runs([exps[0].experiment_id])
     assert len(runs) == 4 and all(len(c.get_metric_history(r.info.run_id, "x")) == 20 for r in runs)
+    # one dataset (same data), created by whichever run came first; every run has it as its input
+    assert all([d.dataset.digest for d in r.inputs.dataset_inputs] == ["h"] for r in runs)
     import sqlite3
 
     with sqlite3.connect(tmp_path / "mlflow.db") as con:
@@ -230,7 +232,7 @@ from mlflow import MlflowClient
 from ganops.tracking import registry_lock
 start, out = float(sys.argv[1]), sys.argv[2]
 time.sleep(max(0.0, start - time.time()))  # every taker looks at the dead lock at the same moment
-with registry_lock("gen", timeout=60, stale_after=5):
+with registry_lock("gen", timeout=120, stale_after=30):  # a live holder (1 s) is never stale, even on a loaded machine
     t0 = time.time()
     owner = MlflowClient().get_registered_model("gen.lock").tags["owner"]
     time.sleep(1.0)
@@ -304,3 +306,84 @@ def test_registered_names_with_quotes_register_once_and_list_only_their_own_vers
     register_generator(run.run_id, other, {"dataset_hash": "h"})
     assert [v["version"] for v in model_versions(name)] == [first["version"]]
     assert MlflowClient(isolated_tracking).get_model_version(name, str(first["version"])).run_id == run.run_id
+
+
+HASH = "0123456789abcdef" * 4  # a content hash: 64 hex
+
+
+def test_runs_are_named_for_what_they_train_and_resumed_or_dvc_runs_too(tmp_path, isolated_tracking):
+    c = MlflowClient(isolated_tracking)
+    p = parse_params({"gan": {"steps": 300}, "data": {"image_size": 16}})
+    with start_run(p, ctx=RunContext("dvc", dvc_exp_name="fuzzy-owls"), data_hash=HASH, root=tmp_path) as run:
+        first = run.run_id
+    r = c.get_run(first)
+    assert r.info.run_name == "dcgan-digits-16px-300" and r.data.tags["dvc_exp_name"] == "fuzzy-owls"
+    note = r.data.tags["mlflow.note.content"]
+    assert "dcgan generator trained on digits at 16 px for 300 steps" in note and "fuzzy-owls" in note
+    more = parse_params({"gan": {"steps": 500}, "data": {"image_size": 16}})
+    with start_run(more, ctx=RunContext("cli"), data_hash=HASH, root=tmp_path, resume_run_id=first) as run:
+        resumed = run.run_id  # on from a finished run: a new run, named for its own steps
+    r = c.get_run(resumed)
+    assert r.info.run_name == "dcgan-digits-16px-500" and f"resumed from run {first}" in r.data.tags[
+        "mlflow.note.content"]  # fmt: skip
+    own = parse_params({"data": {"source": "folder", "root": "data/raw/holiday-2026", "image_size": 64},
+                        "gan": {"arch": "msg", "steps": 40}})  # fmt: skip
+    with start_run(own, ctx=RunContext("cli"), data_hash=HASH, root=tmp_path) as run:
+        pass
+    assert c.get_run(run.run_id).info.run_name == "msg-holiday-2026-64px-40"
+    exp = c.get_experiment(r.info.experiment_id)
+    assert "one run per training" in exp.tags["mlflow.note.content"]  # the experiment says what it holds
+    mlflow.set_tracking_uri(None)
+
+
+def test_the_prepared_data_is_the_runs_dataset_input_with_the_content_hash_as_digest(
+    tmp_path, isolated_tracking
+):
+    from ganops.data import manifest, prepare
+    from ganops.tracking import log_dataset
+
+    c = MlflowClient(isolated_tracking)
+    p = parse_params({"data": {"image_size": 16, "limit": 64}})
+    h = manifest(prepare(p.data))["content_hash"]
+    with start_run(p, ctx=RunContext("t"), data_hash=h, root=tmp_path) as run:
+        pass
+    [di] = c.get_run(run.run_id).inputs.dataset_inputs
+    tags = {t.key: t.value for t in di.tags}
+    assert di.dataset.digest == h[:32] and tags["content_hash"] == h and len(h) == 64
+    assert (di.dataset.name, tags["mlflow.data.context"]) == ("digits", "training")
+    assert di.dataset.source.startswith('{"uri": "digits@')
+    found = c.search_runs([c.get_run(run.run_id).info.experiment_id])
+    assert [d.dataset.digest for d in found[0].inputs.dataset_inputs] == [h[:32]]  # what the UI lists
+    # evaluate logs its data too: the same data stays one input; other data is a second one, for evaluation
+    log_dataset(run.run_id, p, h, context="evaluation", rev="abc")
+    log_dataset(run.run_id, p, "f" * 64, context="evaluation", rev="abc")
+    inputs = {
+        d.dataset.digest: {t.key: t.value for t in d.tags}
+        for d in c.get_run(run.run_id).inputs.dataset_inputs
+    }
+    assert (
+        inputs[h[:32]]["mlflow.data.context"] == "training"
+        and inputs["f" * 32]["mlflow.data.context"] == "evaluation"
+    )
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_finished_runs_description_grows_an_evaluation_paragraph_and_nothing_else_changes(tmp_path,
+                                                                                            isolated_tracking):  # fmt: skip
+    from ganops.tracking import set_note_section
+
+    c = MlflowClient(isolated_tracking)
+    with start_run(parse_params({}), ctx=RunContext("t"), data_hash=HASH, root=tmp_path) as run:
+        (tmp_path / "ck").mkdir()
+        (tmp_path / "ck" / "config.json").write_text("{}")
+        run.log_artifacts(tmp_path / "ck", "checkpoint")
+    before = c.get_run(run.run_id)
+    set_note_section(run.run_id, "Evaluated: ", "domain_fid 12 (real-vs-real 0.3)")
+    set_note_section(run.run_id, "Evaluated: ", "domain_fid 9 (real-vs-real 0.3)")  # evaluated again
+    after = c.get_run(run.run_id)
+    note = after.data.tags["mlflow.note.content"]
+    assert note.startswith(before.data.tags["mlflow.note.content"]) and note.count("Evaluated: ") == 1
+    assert note.endswith("Evaluated: domain_fid 9 (real-vs-real 0.3)")
+    assert after.data.params == before.data.params and after.info.status == "FINISHED"  # a recorded fact
+    assert [a.path for a in c.list_artifacts(run.run_id, "checkpoint")] == ["checkpoint/config.json"]
+    mlflow.set_tracking_uri(None)

@@ -105,12 +105,14 @@ def test_the_next_flow_run_names_an_unfinished_one_and_ends_its_abandoned_mlflow
                                                                                      isolated_tracking):  # fmt: skip
     import logging
 
+    import mlflow
     from flows.unfinished import tell_unfinished
     from mlflow import MlflowClient
 
     from ganops import stages
     from ganops.stages.common import write_run_file
 
+    mlflow.set_tracking_uri(isolated_tracking)  # as the flow's use_store(ROOT) does before it tells
     c = MlflowClient(isolated_tracking)
     work = flow_run_dir(tmp_path, "f00d")
     with hold(work):
@@ -130,3 +132,4 @@ def test_the_next_flow_run_names_an_unfinished_one_and_ends_its_abandoned_mlflow
     assert f"MLflow run {run.run_id} is marked KILLED" in records[0]
     assert c.get_run(run.run_id).info.status == "KILLED"
     assert tell_unfinished(tmp_path, log) == ["f00d"] and "marked KILLED" not in records[1]  # once
+    mlflow.set_tracking_uri(None)

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,9 +57,10 @@ def remove_stale_temps(folder: str | Path) -> int:
 def atomic_write(path: str | Path, obj: Any, *, keep_previous: Path | None = None) -> Path:
     """Write ``obj`` (``str``/``bytes`` as is, anything else through ``torch.save``) to ``path`` atomically.
 
-    ``keep_previous``: once the new file is complete on disk, the old ``path`` (if any) is renamed there
-    first. Whatever fails (the write: a full disk; a rename), the temp file is removed and the previous
-    file stays where it was (or, with ``keep_previous``, at least there).
+    ``keep_previous``: once the new file is complete on disk, the old ``path`` (if any) is kept there
+    first (a hard link, so ``path`` itself never goes missing: a kill between the two steps leaves both).
+    Whatever fails (the write: a full disk; a rename), the temp file is removed and the previous file stays
+    where it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +82,7 @@ def atomic_write(path: str | Path, obj: Any, *, keep_previous: Path | None = Non
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
+            _keep_copy(path, keep_previous)
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
@@ -91,6 +93,23 @@ def atomic_write(path: str | Path, obj: Any, *, keep_previous: Path | None = Non
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _keep_copy(path: Path, keep: Path) -> None:
+    """Make ``keep`` the file ``path`` is now (a hard link; a copy where links are not allowed), atomically,
+    leaving ``path`` in place."""
+    fd, tmp = tempfile.mkstemp(dir=keep.parent, prefix=f".{keep.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    os.unlink(tmp)  # a free name for the link
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copy2(path, tmp)
+        os.replace(tmp, keep)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------- weights + config folders

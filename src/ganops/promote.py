@@ -42,6 +42,15 @@ def resolve_metric(metric: str, space: str) -> str:
     return "vgg_kid" if space == "vgg19" else "domain_fid"
 
 
+def baseline_of(m: dict[str, Any], metric: str) -> float | None:
+    """The real-vs-real value of ``metric`` in evaluation metrics ``m`` (``domain_fid`` -> ``baseline_fid``,
+    ``vgg_kid`` -> ``baseline_vgg_kid``), or None."""
+    for key in (f"baseline_{metric}", f"baseline_{metric.removeprefix('domain_')}"):
+        if isinstance(m.get(key), int | float):
+            return float(m[key])
+    return None
+
+
 def extractor_of(facts: dict[str, Any], metric: str) -> str:
     """The feature extractor that produced ``metric`` in a version's facts. Versions registered before the
     VGG19 metrics existed have one extractor, the domain classifier's, under ``extractor`` (legacy)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,6 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.e2e.project import project_env, sh, tiny_project
-from tests.e2e.servers import start_server, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -168,25 +165,6 @@ def test_queued_sweep_runs_every_point_into_the_project_store(repo):
     assert "up to date" in sh(["dvc", "status"], d, env).stdout.lower()  # outputs match params and deps
     sh(["git", "checkout", "--", "."], d, env)  # leave the workspace at the baseline for the next test
     sh(["dvc", "checkout", "--force"], d, env)
-
-
-def test_mlflow_ui_serves_the_store(repo):
-    d, env, _ = repo
-
-    def launch(port: int) -> subprocess.Popen:
-        return subprocess.Popen(
-            ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    proc, port = start_server(launch, "/health")  # a port taken meanwhile is retried on another one
-    try:
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ganops"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            assert b"ganops" in r.read()
-    finally:
-        stop(proc)
 
 
 def test_own_images_through_dvc_add_and_exp_run(repo):

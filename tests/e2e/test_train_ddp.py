@@ -87,8 +87,9 @@ def test_two_ranks_log_one_mlflow_run_with_world_size_and_backend(uninterrupted)
     d, r = uninterrupted
     assert r.stdout.count("trained 400 steps") == 1  # rank 0 reports; rank 1 says nothing
     c, runs = _runs(d)
-    [run] = runs
-    assert run.info.status == "FINISHED"
+    [run] = runs  # rank 0 alone opens it: one run, named once
+    assert run.info.status == "FINISHED" and run.info.run_name == f"dcgan-digits-16px-{STEPS}"
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [run.data.tags["dataset_hash"][:32]]
     assert run.data.tags["world_size"] == "2" and run.data.tags["ddp_backend"] == "gloo"
     assert run.data.params["gan.nproc"] == "2"
     # one writer: each logged step holds one value (two writers would log every step twice)

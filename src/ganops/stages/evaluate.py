@@ -16,6 +16,7 @@ from ganops.evaluate import asked_classes, evaluate_samples, generate, inception
 from ganops.images import grid_png
 from ganops.models.gan import load_generator
 from ganops.neighbours import Copies
+from ganops.promote import baseline_of, resolve_metric
 from ganops.stages.common import (
     Layout,
     StageError,
@@ -25,7 +26,15 @@ from ganops.stages.common import (
     read_run_file,
     write_json,
 )
-from ganops.tracking import log_artifact_to_run, log_to_run, require_run, use_store
+from ganops.tracking import (
+    git_commit,
+    log_artifact_to_run,
+    log_dataset,
+    log_to_run,
+    require_run,
+    set_note_section,
+    use_store,
+)
 
 
 def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
@@ -63,7 +72,23 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     tags = {"extractor": m["extractor"], "mode_collapse": m.get("mode_collapse", "n/a")}
     log_to_run(run_id, numbers, tags)
     log_artifact_to_run(run_id, sheet, "evaluate")
+    log_dataset(run_id, p, man["content_hash"], context="evaluation", rev=git_commit(at.tracking))
+    set_note_section(
+        run_id,
+        "Evaluated: ",
+        _scores_line(m, resolve_metric("auto", "vgg19" if "vgg_kid" in m else "domain")),
+    )
     return m
+
+
+def _scores_line(m: dict[str, Any], metric: str) -> str:
+    """The headline scores beside their real-vs-real baselines, for the run's description."""
+    parts = []
+    for key in dict.fromkeys([metric, "artifact_score", "coverage", "kl", "copy_rate"]):
+        if isinstance(m.get(key), int | float):
+            base = baseline_of(m, key)
+            parts.append(f"{key} {m[key]:.4g}" + (f" (real-vs-real {base:.4g})" if base is not None else ""))
+    return f"{'; '.join(parts)} ({m['export']} export, step {m.get('step')})"
 
 
 def nearest_sheet(fake: torch.Tensor, real: torch.Tensor, found: Copies, pairs: int = 12) -> bytes:

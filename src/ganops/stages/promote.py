@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from ganops.config import Params
-from ganops.promote import Decision, decide, resolve_metric
+from ganops.promote import Decision, baseline_of, decide, resolve_metric
 from ganops.stages.common import Layout, StageError, write_json
 from ganops.tracking import (
     champion,
@@ -22,6 +22,7 @@ from ganops.tracking import (
     registry_lock,
     require_run,
     run_params,
+    run_summary,
     set_alias,
     use_store,
 )
@@ -57,10 +58,12 @@ def promote(p: Params, at: Layout = Layout()) -> tuple[Decision, dict[str, Any],
     facts = {k: v for k, v in m.items() if k not in _NOT_ON_VERSIONS}
     facts |= {"data_limit": int(run_params(run_id).get("data.limit", "0"))}
     own = line_alias(alias, str(m.get("dataset_hash", "")))
+    base = baseline_of(m, metric)
+    scored = (f"; {metric} {m[metric]:.4g}" + (f" beside real-vs-real {base:.4g}" if base is not None else "")
+              if isinstance(m.get(metric), int | float) else "")  # fmt: skip
     with registry_lock(name):
-        cand = register_generator(
-            run_id, name, facts, "checkpoint_best" if m.get("export") == "best" else "checkpoint"
-        )
+        cand = register_generator(run_id, name, facts, "checkpoint_best" if m.get("export") == "best" else "checkpoint",
+                                  description=f"{run_summary(run_id)}{scored} ({m.get('export', 'final')} export)")  # fmt: skip
         before = champion(name, alias)
         try:
             decision = decide(

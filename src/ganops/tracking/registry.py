@@ -92,9 +92,13 @@ def _create_marker(c: Any, marker: str, owner: str, description: str) -> bool:
             marker, tags={"owner": owner, "since": repr(time.time())}, description=description))  # fmt: skip
         return True
     except MlflowException as err:
-        if not _already_exists(err):
-            raise
-        return False
+        if _already_exists(err):
+            return False
+        if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            # MLflow's own race: the insert failed because the marker existed, and its holder deleted it
+            # before MLflow's error path looked it up. It was held a moment ago: not ours; look again.
+            return False
+        raise
 
 
 def _delete_if_owned(c: Any, marker: str, owner: str, what: str) -> bool:
@@ -159,8 +163,17 @@ def _version_facts(mv: Any) -> dict[str, Any]:
     return facts
 
 
+GENERATOR_MODEL_NOTE = (
+    "ganops generators (dcgan, msg): each version is the checkpoint folder (generator.pt + config.json) of "
+    "one training run, described by its architecture, data, size, steps and the promotion metric beside its "
+    "real-vs-real baseline. @champion is what the service serves; @champion-<12 hex of a dataset hash> is "
+    "each data line's best."
+)
+_OLD_GENERATOR_MODEL_NOTE = "ganops DCGAN generators: checkpoint folder (weights + config.json)"
+
+
 def register_generator(
-    run_id: str, name: str, facts: dict[str, Any], artifact_path: str = "checkpoint"
+    run_id: str, name: str, facts: dict[str, Any], artifact_path: str = "checkpoint", description: str = ""
 ) -> dict[str, Any]:
     """Register the run's ``checkpoint/`` (or ``checkpoint_best/``) artifact as a version of ``name`` (once).
 
@@ -173,7 +186,9 @@ def register_generator(
     from mlflow import MlflowClient
 
     c = MlflowClient()
-    _ensure_registered_model(c, name, "ganops DCGAN generators: checkpoint folder (weights + config.json)")
+    _ensure_registered_model(c, name, GENERATOR_MODEL_NOTE)
+    if retry_locked(lambda: c.get_registered_model(name)).description == _OLD_GENERATOR_MODEL_NOTE:
+        retry_locked(lambda: c.update_registered_model(name, description=GENERATOR_MODEL_NOTE))
     source = f"runs:/{run_id}/{artifact_path}"
     found = retry_locked(lambda: c.search_model_versions(f"{name_filter(name)} and run_id='{run_id}'"))
     existing = [mv for mv in found if mv.name == name and mv.source == source]
@@ -185,7 +200,8 @@ def register_generator(
         for k, v in facts.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    mv = retry_locked(lambda: c.create_model_version(name, source=source, run_id=run_id, tags=tags))
+    mv = retry_locked(lambda: c.create_model_version(name, source=source, run_id=run_id, tags=tags,
+                                                     description=description or None))  # fmt: skip
     return _version_facts(mv)
 
 

@@ -5,6 +5,8 @@ A training run holds the flattened params and provenance tags; a style run holds
 
 from __future__ import annotations
 
+import logging
+import random
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from ganops.tracking.store import (
     tracking_uri,
     use_store,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,28 @@ class RunLogger:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
-def _experiment_id(name: str, root: Path) -> str:
-    """Get or create the experiment ``name``, safe against a concurrent creator."""
+NOTE = "mlflow.note.content"  # the description MLflow's UI shows for a run, an experiment or a model
+TRAINING_EXPERIMENT_NOTE = (
+    "ganops GAN training: one run per training (`ganops train-gan`, `dvc repro`, `dvc exp run`, the "
+    "train-gan flow), named architecture-data-size-steps (e.g. dcgan-digits-32px-2000). Params, loss curves, sample grids (samples), "
+    "evaluation metrics beside their real-vs-real baselines, the generator under checkpoint/. The Dataset "
+    "column names the prepared data (digest = its content hash); the tag dvc_exp_name the DVC experiment."
+)
+STYLE_EXPERIMENT_NOTE = (
+    "ganops style transfer: one run per (photo, painting) pair, named <style>/<photo>; the styled image, "
+    "its content / style / TV losses and the feature extractor."
+)
+
+
+def _experiment_tags(description: str) -> dict[str, str]:
+    """The description, and the kind that makes MLflow's UI open the experiment on its runs table (the
+    "model training" view) rather than the GenAI overview."""
+    return {NOTE: description, "mlflow.experimentKind": "custom_model_development"} if description else {}
+
+
+def _experiment_id(name: str, root: Path, description: str = "") -> str:
+    """Get or create the experiment ``name`` (described by ``description`` when it has no description
+    yet), safe against a concurrent creator."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -112,9 +136,13 @@ def _experiment_id(name: str, root: Path) -> str:
             if exp.lifecycle_stage == "deleted":
                 raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments "
                                     f"restore --experiment-id {exp.experiment_id}`) or set tracking.experiment")  # fmt: skip
+            found, tags = exp.experiment_id, _experiment_tags(description)
+            for key in [k for k in tags if k not in exp.tags]:  # created before experiments were described
+                retry_locked(lambda: mlflow.MlflowClient().set_experiment_tag(found, key, tags[key]))  # noqa: B023
             return exp.experiment_id
+        tags = _experiment_tags(description)
         try:
-            return retry_locked(lambda: mlflow.create_experiment(name, artifact_location=location))
+            return retry_locked(lambda: mlflow.create_experiment(name, artifact_location=location, tags=tags))  # noqa: B023
         except MlflowException as err:
             if not _already_exists(err):
                 raise
@@ -157,6 +185,82 @@ def end_abandoned_run(run_id: str) -> bool:
     return True
 
 
+def data_name(params: Params) -> str:
+    """What a run's data is called: the source (``digits``, ``cifar10``) or an image folder's name."""
+    if params.data.source == "folder":
+        return Path(params.data.root).name or "folder"
+    return params.data.source
+
+
+def training_run_name(params: Params) -> str:
+    """``<arch>-<data>-<size>px-<steps>``, e.g. ``dcgan-digits-32px-2000``: what the run trains, at a glance in
+    the run list (a run resumed from a finished one gets its own, with its own step count)."""
+    return f"{params.gan.arch}-{data_name(params)}-{params.data.image_size}px-{params.gan.steps}"
+
+
+def _training_note(params: Params, ctx: RunContext, data_hash: str, resumed_from: str | None) -> str:
+    subset = f" (first {params.data.limit} pictures)" if params.data.limit else ""
+    how = f"{ctx.entry_point}" + (f", DVC experiment {ctx.dvc_exp_name}" if ctx.dvc_exp_name else "")
+    return (f"{params.gan.arch} generator trained on {data_name(params)}{subset} at {params.data.image_size} "
+            f"px for {params.gan.steps} steps (batch {params.gan.batch_size}, loss {params.gan.loss}); data "
+            f"{data_hash[:12]}; started by {how}" + (f"; resumed from run {resumed_from}" if resumed_from else ""))  # fmt: skip
+
+
+def log_dataset(run_id: str, params: Params, content_hash: str, *, context: str, rev: str) -> None:
+    """Log the prepared data as run ``run_id``'s MLflow dataset input (the UI's Dataset column,
+    ``search_runs``' ``inputs``): named for the data, digest = the content hash's first 32 hex characters
+    (MLflow keeps at most 36), the full hash in the input's tags, source = the data's source or folder
+    ``@`` the git revision. MLflow keeps one input per dataset and run: logged again by evaluate for the
+    data the run trained on, it stays the ``training`` one."""
+    from mlflow import MlflowClient
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
+
+    local: Any = next(
+        s for s in get_registered_sources() if getattr(s, "__name__", "") == "LocalArtifactDatasetSource"
+    )
+    where = params.data.root if params.data.source == "folder" else params.data.source
+    ds = MetaDataset(local(f"{where}@{rev[:12]}"), name=data_name(params), digest=content_hash[:32])  # type: ignore[abstract]
+    tags = [InputTag("mlflow.data.context", context), InputTag("content_hash", content_hash),
+            InputTag("git_commit", rev)]  # fmt: skip
+    entity = DatasetInput(ds._to_mlflow_entity(), tags)
+    for attempt in range(3):
+        try:
+            retry_locked(lambda: MlflowClient().log_inputs(run_id, [entity]), what="log_inputs")
+            return
+        except MlflowException as err:  # two runs creating one dataset at once: one insert loses; look again
+            if attempt == 2:
+                log.warning("could not log the dataset input of run %s: %s", run_id, err)
+            time.sleep(0.1 + 0.2 * random.random())
+
+
+def run_summary(run_id: str) -> str:
+    """One line on what run ``run_id`` trained, from its own params and tags (for a registered version's
+    description): architecture, data, size, steps, the run's name and what it resumed from."""
+    from mlflow import MlflowClient
+
+    run = retry_locked(lambda: MlflowClient().get_run(run_id))
+    p, tags = run.data.params, run.data.tags
+    source = p.get("data.source", "?")
+    data = (Path(p.get("data.root", "")).name or "folder") if source == "folder" else source
+    resumed = f", resumed from run {tags['resumed_from']}" if tags.get("resumed_from") else ""
+    return (f"{p.get('gan.arch', 'dcgan')} generator, {data} at {p.get('data.image_size', '?')} px, "
+            f"{p.get('gan.steps', '?')} steps; run {run.info.run_name} ({run_id}){resumed}")  # fmt: skip
+
+
+def set_note_section(run_id: str, key: str, text: str) -> None:
+    """Set the paragraph of run ``run_id``'s description that starts with ``key`` to ``key + text`` (added
+    after the others when new): evaluate keeps one "Evaluated" paragraph however often it runs."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient()
+    note = retry_locked(lambda: c.get_run(run_id)).data.tags.get(NOTE, "")
+    kept = [par for par in note.split("\n\n") if par and not par.startswith(key)]
+    retry_locked(lambda: c.set_tag(run_id, NOTE, "\n\n".join([*kept, key + text])), what="set_tag")
+
+
 def _run_finished(client: Any, run: Any) -> bool:
     """A run is finished (and so frozen) once it ended normally or its export was logged."""
     return run.info.status == "FINISHED" or bool(client.list_artifacts(run.info.run_id, "checkpoint"))
@@ -195,7 +299,7 @@ def start_run(
 
     root = root or project_root()
     use_store(root)
-    exp_id = _experiment_id(params.tracking.experiment, root)
+    exp_id = _experiment_id(params.tracking.experiment, root, TRAINING_EXPERIMENT_NOTE)
     client = MlflowClient()
     run, resumed_from = None, None
     if resume_run_id:
@@ -210,7 +314,8 @@ def start_run(
                 run = retry_locked(lambda: mlflow.start_run(run_id=resume_run_id))
     continued = run is not None
     if run is None:
-        run = retry_locked(lambda: mlflow.start_run(experiment_id=exp_id, run_name=run_name))
+        name = run_name or training_run_name(params)
+        run = retry_locked(lambda: mlflow.start_run(experiment_id=exp_id, run_name=name))
     with _ending(run):
         if not continued:
             retry_locked(lambda: mlflow.log_params(params.flat()))
@@ -222,7 +327,10 @@ def start_run(
         }
         if resumed_from:
             tags["resumed_from"] = resumed_from
+        if not continued:
+            tags[NOTE] = _training_note(params, ctx, data_hash, resumed_from)
         retry_locked(lambda: mlflow.set_tags(tags))
+        log_dataset(run.info.run_id, params, data_hash, context="training", rev=tags["git_commit"])
         yield RunLogger(run.info.run_id)
 
 
@@ -286,7 +394,7 @@ def style_run(
 
     root = root or project_root()
     use_store(root)
-    exp_id = _experiment_id(f"{params.tracking.experiment}-stylize", root)
+    exp_id = _experiment_id(f"{params.tracking.experiment}-stylize", root, STYLE_EXPERIMENT_NOTE)
     run = retry_locked(lambda: mlflow.start_run(experiment_id=exp_id, run_name=f"{style}/{content}"))
     with _ending(run):
         style_params = {k: v for k, v in params.flat().items() if k.startswith(("style.", "base."))}
