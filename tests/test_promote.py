@@ -117,6 +117,64 @@ def test_better_run_becomes_champion_and_a_worse_one_does_not(tmp_path, monkeypa
     assert "one training run" in c.get_registered_model("ganops-generator").description
 
 
+def test_a_version_carries_what_promote_compares_and_reads_its_other_metrics_from_the_run(
+    tmp_path, monkeypatch, isolated_tracking
+):
+    from ganops.tracking import (
+        EVALUATED_TAG,
+        champion,
+        log_to_run,
+        model_versions,
+        register_generator,
+        set_alias,
+    )
+
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    c = MlflowClient(isolated_tracking)
+    evaluated = {"domain_fid": 3.0, "baseline_fid": 0.25, "coverage": 10.0, "vgg_kid": 0.5, "baseline_vgg_kid": 0.1,
+                 "artifact_score": 0.02, "copy_rate": 0.0, "kl": 0.3}  # fmt: skip
+    new = _run_with_checkpoint(tmp_path)
+    log_to_run(new, evaluated, {EVALUATED_TAG: ",".join(evaluated)})  # as `ganops evaluate` does
+    d, _ = _promote(tmp_path, new, 3.0)
+    tags = c.get_model_version("ganops-generator", str(d["candidate"]["version"])).tags
+    assert tags == {"dataset_hash": "h", "extractor": "domain-classifier", "data_limit": "0",
+                    "promotion_metric": "domain_fid", "metric.domain_fid": "3.0", "metric.baseline_fid": "0.25",
+                    "metric.coverage": "10.0"}  # fmt: skip
+    # the other metrics are the run's, read through the version: one source of truth
+    assert champion("ganops-generator", "champion") == {
+        "version": 1,
+        "run_id": new,
+        **tags_facts(tags),
+        **evaluated,
+    }
+    assert d["candidate"]["artifact_score"] == 0.02 and d["candidate"]["kl"] == 0.3
+
+    # a version registered before (every metric a tag, its run never tagged by evaluate) reads the same
+    old = _run_with_checkpoint(tmp_path)
+    legacy = {"dataset_hash": "h", "extractor": "domain-classifier", "metric.domain_fid": "2.0",
+              "metric.vgg_kid": "0.4", "metric.coverage": "10.0"}  # fmt: skip
+    v = c.create_model_version("ganops-generator", f"runs:/{old}/checkpoint", run_id=old, tags=legacy)
+    assert {"domain_fid": 2.0, "vgg_kid": 0.4, "coverage": 10.0}.items() <= next(
+        f for f in model_versions("ganops-generator") if f["version"] == int(v.version)).items()  # fmt: skip
+    set_alias("ganops-generator", "champion", int(v.version))
+    # promote.metric switched to vgg_kid: the champion before had none as a tag; its run's value is compared
+    later = _run_with_checkpoint(tmp_path)
+    log_to_run(later, evaluated | {"vgg_kid": 0.45}, {EVALUATED_TAG: ",".join(evaluated)})
+    facts = register_generator(
+        later, "ganops-generator", {"dataset_hash": "h", "extractor": "domain-classifier"}, metric="kl"
+    )
+    assert facts["vgg_kid"] == 0.45 and facts["promotion_metric"] == "kl"
+    assert decide(facts, champion("ganops-generator", "champion"), "vgg_kid").reason.endswith(
+        "champion's 0.4"
+    )
+
+
+def tags_facts(tags: dict[str, str]) -> dict:
+    """A version's tags as facts: lineage as text, ``metric.*`` as floats."""
+    return {k.removeprefix("metric."): float(v) if k.startswith("metric.") else v for k, v in tags.items()}
+
+
 def test_promote_without_evaluation_or_run(tmp_path, monkeypatch, isolated_tracking):
     shutil.copy(PARAMS, tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)

@@ -15,8 +15,10 @@ import torch
 from ganops.config import PLAIN_DCGAN, DataParams, GanParams, parse_params
 from ganops.data import manifest, prepare
 from ganops.tracking import (
+    EVALUATED_TAG,
     STYLE_NET_ARTIFACT,
     RunContext,
+    log_to_run,
     register_generator,
     set_alias,
     start_run,
@@ -44,8 +46,10 @@ def train_version(
             r = fit(d.images, p, root / f"gan{seed}", labels=d.labels, seed=seed, progress=False)
             run.log_artifacts(r.export, "checkpoint")
         m = {"dataset_hash": manifest(d)["content_hash"], "extractor": "test", "domain_fid": 1.5,
-             "baseline_fid": 0.25} | (metrics or {})  # fmt: skip
-        facts = register_generator(run.run_id, name, m)
+             "baseline_fid": 0.25, "artifact_score": 0.125} | (metrics or {})  # fmt: skip
+        numbers = {k: v for k, v in m.items() if isinstance(v, float)}  # as `ganops evaluate` logs them
+        log_to_run(run.run_id, numbers, {EVALUATED_TAG: ",".join(sorted(numbers))})
+        facts = register_generator(run.run_id, name, m, metric="domain_fid")
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     return facts | {"export": r.export}

@@ -1,7 +1,8 @@
 """The MLflow UI as the place to compare runs, in headless Chromium: `mlflow ui` on the store of two tiny
 trainings (`ganops prepare`, then `ganops train-gan` twice with another `gan.lr_g` and step count). The
 experiment page lists both runs by their names with the prepared data's digest; the compare page shows the
-parameter that differs. ``GANOPS_SCREENSHOTS=<folder>`` keeps the two pages as PNGs (the README's).
+parameter that differs; the second run, evaluated and promoted, is a registered version whose page describes
+it. ``GANOPS_SCREENSHOTS=<folder>`` keeps the three pages as PNGs (the README's).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def test_the_experiment_page_names_runs_and_their_data_and_compare_shows_what_di
             app, ["train-gan", "--no-progress", *TINY, "-S", f"gan.lr_g={lr}", "-S", f"gan.steps={steps}"]
         )
         assert r.exit_code == 0, r.output
+    for stage in (
+        ["classifier", "-S", "classifier.epochs=1"],
+        ["evaluate", "-S", "evaluate.kid_subset_size=8"],
+        ["promote"],
+    ):  # the second (last) training becomes version 1
+        r = runner.invoke(app, [*stage, *TINY])
+        assert r.exit_code == 0, r.output
     digest = json.loads((tmp_path / "data/prepared/manifest.json").read_text())["content_hash"][:32]
     c = MlflowClient(isolated_tracking)
     exp = c.get_experiment_by_name("ganops")
@@ -94,5 +102,16 @@ def test_the_experiment_page_names_runs_and_their_data_and_compare_shows_what_di
         rows = browser.find_element(By.TAG_NAME, "body").text.splitlines()
         assert "gan.lr_g 0.0002 0.0005" in rows and "gan.lr_d 0.0002 0.0002" in rows  # differs / does not
         browser.save_screenshot(str(shots / "mlflow_ui_compare.png"))
+
+        browser.get(f"http://127.0.0.1:{port}/#/models/ganops-generator/versions/1")
+        wait.until(lambda _: "promotion_metric" in browser.find_element(By.TAG_NAME, "body").text)
+        text = browser.find_element(By.TAG_NAME, "body").text
+        # the description: what was trained, its run, the promotion metric beside its baseline; short tags
+        assert (
+            f"dcgan generator, digits at 16 px, 6 steps; run dcgan-digits-16px-6 ({runs[1].info.run_id})"
+            in text
+        )
+        assert "domain_fid" in text and "beside real-vs-real" in text and "metric.kl" not in text
+        browser.save_screenshot(str(shots / "mlflow_ui_version.png"))
     finally:
         stop(proc)

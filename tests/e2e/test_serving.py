@@ -137,10 +137,11 @@ def test_model_info(server):
     assert info["version"] == facts["version"] and info["run_id"] == facts["run_id"]
     assert info["image_size"] == 16 and info["channels"] == 1 and info["max_n"] == MAX_N
     assert info["metrics"]["domain_fid"] == 1.5 and info["metrics"]["baseline_fid"] == 0.25
+    assert info["metrics"]["artifact_score"] == 0.125  # not a version tag: read from the version's run
     assert len(info["dataset_hash"]) == 64 and info["styles"] == ["waves"]
     assert info["versions"] == [{"version": facts["version"], "run_id": facts["run_id"],
                                  "dataset_hash": info["dataset_hash"],
-                                 "metrics": {"domain_fid": 1.5, "baseline_fid": 0.25}}]  # fmt: skip
+                                 "metrics": {"artifact_score": 0.125, "domain_fid": 1.5, "baseline_fid": 0.25}}]  # fmt: skip
 
 
 def test_health_endpoints(server):

@@ -27,6 +27,7 @@ from ganops.stages.common import (
     write_json,
 )
 from ganops.tracking import (
+    EVALUATED_TAG,
     git_commit,
     log_artifact_to_run,
     log_dataset,
@@ -69,7 +70,11 @@ def evaluate(p: Params, at: Layout = Layout()) -> dict[str, Any]:
     write_json(at.metrics / "evaluate.json", m)
     sheet = atomic_write(at.metrics / "evaluate_nearest.png", nearest_sheet(fake, to_float(images), found))
     numbers = {k: float(v) for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    tags = {"extractor": m["extractor"], "mode_collapse": m.get("mode_collapse", "n/a")}
+    tags = {
+        "extractor": m["extractor"],
+        "mode_collapse": m.get("mode_collapse", "n/a"),
+        EVALUATED_TAG: ",".join(sorted(numbers)),
+    }  # what a registered version reads from this run
     log_to_run(run_id, numbers, tags)
     log_artifact_to_run(run_id, sheet, "evaluate")
     log_dataset(run_id, p, man["content_hash"], context="evaluation", rev=git_commit(at.tracking))

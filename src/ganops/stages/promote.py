@@ -27,12 +27,6 @@ from ganops.tracking import (
     use_store,
 )
 
-# evaluate.json's numbers that a registered version carries (what promote compares and /model shows); the
-# rest stay in the run
-_NOT_ON_VERSIONS = {"artifact_score", "baseline_artifact_score", "artifact_floor", "spectrum_distance",
-                    "baseline_spectrum_distance", "spectrum_floor", "precision", "recall", "baseline_precision",
-                    "baseline_recall", "copy_rate", "baseline_copy_rate", "vgg_kid_std"}  # fmt: skip
-
 
 def line_alias(alias: str, dataset_hash: str) -> str:
     """The alias of a data line's own champion: ``<alias>-<first 12 hex of the dataset hash>``."""
@@ -55,15 +49,15 @@ def promote(p: Params, at: Layout = Layout()) -> tuple[Decision, dict[str, Any],
     use_store(at.tracking)
     run_id = require_run(m.get("run_id"), str(path))
     # what the candidate was trained on, from its own run (not from today's params)
-    facts = {k: v for k, v in m.items() if k not in _NOT_ON_VERSIONS}
-    facts |= {"data_limit": int(run_params(run_id).get("data.limit", "0"))}
+    facts = dict(m) | {"data_limit": int(run_params(run_id).get("data.limit", "0"))}
     own = line_alias(alias, str(m.get("dataset_hash", "")))
     base = baseline_of(m, metric)
     scored = (f"; {metric} {m[metric]:.4g}" + (f" beside real-vs-real {base:.4g}" if base is not None else "")
               if isinstance(m.get(metric), int | float) else "")  # fmt: skip
     with registry_lock(name):
         cand = register_generator(run_id, name, facts, "checkpoint_best" if m.get("export") == "best" else "checkpoint",
-                                  description=f"{run_summary(run_id)}{scored} ({m.get('export', 'final')} export)")  # fmt: skip
+                                  description=f"{run_summary(run_id)}{scored} ({m.get('export', 'final')} export)",
+                                  metric=metric)  # fmt: skip
         before = champion(name, alias)
         try:
             decision = decide(

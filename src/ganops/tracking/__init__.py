@@ -24,6 +24,7 @@ from ganops.tracking.registry import (
     style_model_name,
 )
 from ganops.tracking.runs import (
+    EVALUATED_TAG,
     RunContext,
     RunLogger,
     end_abandoned_run,
@@ -72,6 +73,7 @@ __all__ = [
     "register_generator",
     "registered_with_prefix",
     "registry_lock",
+    "EVALUATED_TAG",
     "require_run",
     "retry_locked",
     "run_params",

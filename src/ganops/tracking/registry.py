@@ -1,7 +1,10 @@
 """The model registry: versions of our checkpoint folders, their facts, the champion alias, downloads.
 
-Generators are registered once per (run, artifact path) with their metrics as version tags, so promotion can
-compare a candidate with the champion; style nets get one version per training, aliased at once.
+Generators are registered once per (run, artifact path). A version's tags are its lineage and what promotion
+compares (the promotion metric, its real-vs-real baseline, coverage, the extractors); every other metric stays
+in the run, which the version links to, and :func:`champion` / :func:`model_versions` read it from there (one
+source of truth). Versions registered before carry every metric as a ``metric.*`` tag and read the same way.
+Style nets get one version per training, aliased at once.
 """
 
 from __future__ import annotations
@@ -17,12 +20,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ganops.tracking.runs import evaluated_metrics
 from ganops.tracking.store import TrackingError, _already_exists, retry_locked
 
 log = logging.getLogger(__name__)
 
 
-_META_KEYS = ("run_id", "dataset_hash", "extractor", "domain_extractor", "export", "data_limit")
+_META_KEYS = (
+    "run_id",
+    "dataset_hash",
+    "extractor",
+    "domain_extractor",
+    "export",
+    "data_limit",
+    "promotion_metric",
+)
 
 
 def _ensure_registered_model(c: Any, name: str, description: str = "") -> None:
@@ -153,14 +165,30 @@ def _remove_stale(c: Any, marker: str, stale_after: float) -> None:
 
 
 def _version_facts(mv: Any) -> dict[str, Any]:
-    """What a model version's tags say about it: run, data, extractor and its metrics (floats)."""
+    """What a model version says about it: run, data, extractor and its metrics (floats) — the run's evaluated
+    metrics, with the values the version's tags froze at registration taking precedence."""
     facts: dict[str, Any] = {"version": int(mv.version), "run_id": mv.run_id}
+    tagged: dict[str, float] = {}
     for k, v in mv.tags.items():
         if k.startswith("metric."):
-            facts[k[len("metric.") :]] = float(v)
+            tagged[k[len("metric.") :]] = float(v)
         elif k in _META_KEYS:
             facts[k] = v
-    return facts
+    return facts | evaluated_metrics(mv.run_id) | tagged
+
+
+def version_tags(facts: dict[str, Any], metric: str | None) -> dict[str, str]:
+    """The tags a new version gets: its lineage, and the values promotion compares (``metric``, its
+    real-vs-real baseline, ``coverage`` for ties). Nothing else: the run holds the other metrics."""
+    tags = {
+        k: str(v) for k, v in facts.items() if k in _META_KEYS and k != "run_id"
+    }  # the version has run_id
+    if metric is None:
+        return tags
+    compared = (metric, f"baseline_{metric}", f"baseline_{metric.removeprefix('domain_')}", "coverage")
+    numbers = {k: facts[k] for k in compared
+               if isinstance(facts.get(k), int | float) and not isinstance(facts.get(k), bool)}  # fmt: skip
+    return tags | {"promotion_metric": metric} | {f"metric.{k}": repr(float(v)) for k, v in numbers.items()}
 
 
 GENERATOR_MODEL_NOTE = (
@@ -173,12 +201,18 @@ _OLD_GENERATOR_MODEL_NOTE = "ganops DCGAN generators: checkpoint folder (weights
 
 
 def register_generator(
-    run_id: str, name: str, facts: dict[str, Any], artifact_path: str = "checkpoint", description: str = ""
+    run_id: str,
+    name: str,
+    facts: dict[str, Any],
+    artifact_path: str = "checkpoint",
+    description: str = "",
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """Register the run's ``checkpoint/`` (or ``checkpoint_best/``) artifact as a version of ``name`` (once).
 
-    The version's source is our checkpoint folder (weights + config JSON, no pickled code); ``facts``
-    (dataset hash, extractor, numeric metrics) are stored as version tags so later decisions can compare.
+    The version's source is our checkpoint folder (weights + config JSON, no pickled code); its tags are the
+    lineage in ``facts`` (dataset hash, extractors, export, data limit) and, with ``metric``, the values
+    promotion compares (:func:`version_tags`).
 
     Returns:
         The version's facts (as :func:`champion` returns them).
@@ -194,12 +228,7 @@ def register_generator(
     existing = [mv for mv in found if mv.name == name and mv.source == source]
     if existing:
         return _version_facts(existing[0])
-    tags = {k: str(v) for k, v in facts.items() if k in _META_KEYS}
-    tags |= {
-        f"metric.{k}": repr(float(v))
-        for k, v in facts.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    tags = version_tags(facts, metric)
     mv = retry_locked(lambda: c.create_model_version(name, source=source, run_id=run_id, tags=tags,
                                                      description=description or None))  # fmt: skip
     return _version_facts(mv)

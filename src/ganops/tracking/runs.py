@@ -27,6 +27,13 @@ from ganops.tracking.store import (
 
 log = logging.getLogger(__name__)
 
+# The run tag `ganops evaluate` sets: the metric keys it logged to the run (comma-separated). Only these of a
+# run's metrics describe a version (not the training curves).
+EVALUATED_TAG = "ganops.evaluated"
+# A run's evaluated metrics, read once per this many seconds (the gallery lists 50 versions at every poll).
+_RUN_METRICS_TTL = 30.0
+_run_metrics_cache: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -365,6 +372,7 @@ def log_to_run(run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> 
         metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
         tags=[RunTag(k, str(v)) for k, v in tags.items()],
     ))  # fmt: skip
+    forget_run_metrics(run_id)
 
 
 def log_artifact_to_run(run_id: str, path: Path, artifact_path: str) -> None:
@@ -402,3 +410,35 @@ def style_run(
         tags = {"style": style, "content": content, "extractor": extractor, "git_commit": git_commit(root)}
         retry_locked(lambda: mlflow.set_tags(tags | ctx.tags()))
         yield RunLogger(run.info.run_id)
+
+
+def evaluated_metrics(run_id: str | None) -> dict[str, float]:
+    """The metrics `ganops evaluate` logged to ``run_id`` (those its ``ganops.evaluated`` tag names); {} for a
+    run never evaluated, deleted, or not in this store. Cached for a few seconds per run."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    key, now = (mlflow.get_tracking_uri(), run_id), time.monotonic()
+    hit = _run_metrics_cache.get(key)
+    if hit is not None and now - hit[0] < _RUN_METRICS_TTL:
+        return dict(hit[1])
+    try:
+        data = retry_locked(lambda: MlflowClient().get_run(run_id)).data
+    except MlflowException as err:
+        log.debug("run %s of a registered version cannot be read: %s", run_id, err)
+        return {}
+    names = [k for k in data.tags.get(EVALUATED_TAG, "").split(",") if k in data.metrics]
+    found = {k: float(data.metrics[k]) for k in names}
+    if len(_run_metrics_cache) > 1024:
+        _run_metrics_cache.clear()
+    _run_metrics_cache[key] = (now, found)
+    return dict(found)
+
+
+def forget_run_metrics(run_id: str) -> None:
+    """Drop ``run_id``'s cached evaluated metrics (after logging new ones to it)."""
+    for key in [k for k in _run_metrics_cache if k[1] == run_id]:
+        _run_metrics_cache.pop(key, None)
