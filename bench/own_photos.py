@@ -11,6 +11,7 @@ step), then its EMA generator is scored by the evaluate stage's code on as many 
 
     python bench/own_photos.py --root ../shared/data/own-photos --minutes 10              # dcgan, msg at 64 px
     python bench/own_photos.py --root ... --variants dcgan --minutes 30 --size 128 --tag 128
+    python bench/own_photos.py --root ... --variants dcgan_resize,dcgan_resize_color --tag 64_resize
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ OWN_PICTURES = {"diffaugment": ["color", "translation", "cutout"]}  # the README
 VARIANTS: dict[str, dict[str, Any]] = {
     "dcgan": {"arch": "dcgan"},
     "msg": {"arch": "msg"},
+    "dcgan_resize": {"arch": "dcgan", "upsample": "resize"},
+    "msg_resize": {"arch": "msg", "upsample": "resize"},
+    # the augmentation suspected of drawing the grid (issue 22): resize without translation / cutout
+    "dcgan_resize_color": {"arch": "dcgan", "upsample": "resize", "diffaugment": ["color"]},
 }
 OUT = Path(__file__).resolve().parent / "results"
 

@@ -157,6 +157,8 @@ STABILISERS = {
     "diffaugment": {"diffaugment": ["color", "translation", "cutout"]},
     "d_steps": {"d_steps": 2},
     "msg": {"arch": "msg"},
+    "resize": {"upsample": "resize"},
+    "msg_resize": {"arch": "msg", "upsample": "resize"},
     "ema": {"ema_decay": 0.9},
     "conditional": {"conditional": True},
     "all": {"loss": "hinge", "r1_gamma": 0.5, "spectral_norm": True, "mbstd": True, "arch": "msg",
@@ -181,6 +183,7 @@ def test_each_stabiliser_trains_and_resumes_exactly(name, images, labels, tmp_pa
     G = load_generator(full.export)
     assert G(torch.randn(2, 8)).shape == (2, 1, 16, 16) and G.cfg.arch == kw.get("arch", "dcgan")
     assert G.cfg.n_classes == (3 if kw.get("conditional") else 0)
+    assert G.cfg.upsample == kw.get("upsample", "transposed")
     # RNG for noise and augmentation is part of the checkpoint: stop at 3 + resume == uninterrupted
     split = tmp_path / "split"
     fit(images, tiny(steps=3, checkpoint_every=3, **kw), split, labels=labels, progress=False)
@@ -399,16 +402,19 @@ def test_bf16_autocast_trains_in_float32_weights_and_resumes_exactly(images, tmp
 
 
 def test_a_checkpoint_written_before_a_setting_existed_resumes_at_its_legacy_value(images, tmp_path):
-    # amp, world_size and the model's g_norm came after the first checkpoints: one that lacks them resumes
+    # amp, world_size and the model's g_norm and upsample came after the first checkpoints: one that lacks
+    # them resumes
     fit(images, tiny(steps=2), tmp_path, progress=False)
     state, conf = load_checkpoint(tmp_path / "checkpoint.pt")
     older = {k: v for k, v in conf["settings"].items() if k not in ("amp", "world_size")}
-    older["model"] = {k: v for k, v in older["model"].items() if k != "g_norm"}
+    older["model"] = {k: v for k, v in older["model"].items() if k not in ("g_norm", "upsample")}
     save_checkpoint(tmp_path / "checkpoint.pt", state, {"settings": older})
     assert fit(images, tiny(steps=4), tmp_path, progress=False).resumed_from == 2
     # ... but not under settings that differ from the legacy values (amp on, G without BatchNorm)
     save_checkpoint(tmp_path / "checkpoint.pt", state, {"settings": older})
     assert fit(images, tiny(steps=4, g_norm="none"), tmp_path, progress=False).resumed_from == 0
+    save_checkpoint(tmp_path / "checkpoint.pt", state, {"settings": older})
+    assert fit(images, tiny(steps=4, upsample="resize"), tmp_path, progress=False).resumed_from == 0
 
 
 def test_a_collapsed_monitor_result_logs_a_warning(images, tmp_path, caplog):

@@ -81,6 +81,7 @@ class GanParams(_Group):
     loss: Literal["bce", "hinge"] = "hinge"
     spectral_norm: bool = False
     g_norm: Literal["batch", "none"] = "batch"
+    upsample: Literal["transposed", "resize"] = "transposed"
     mbstd: bool = True
     conditional: Literal["auto"] | bool = "auto"
     diffaugment: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
@@ -105,6 +106,7 @@ PLAIN_DCGAN: dict[str, Any] = {
     "loss": "bce",
     "spectral_norm": False,
     "g_norm": "batch",
+    "upsample": "transposed",
     "mbstd": False,
     "conditional": False,
     "diffaugment": [],

@@ -192,3 +192,41 @@ def test_a_key_missing_from_an_older_config_takes_its_legacy_value():
     assert GANConfig.from_dict(GANConfig().to_dict()) == GANConfig()
     with pytest.raises(ValueError, match="g_norm"):
         GANConfig(g_norm="layer")
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "msg"])
+def test_resize_upsampling_has_no_transposed_conv_and_gives_the_same_shapes(arch):
+    torch.manual_seed(0)
+    cfg = GANConfig(image_size=32, channels=3, latent_dim=8, ngf=4, ndf=4, arch=arch, upsample="resize")
+    G, D = build(cfg)
+    assert not [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    ups = [m for m in G.modules() if isinstance(m, torch.nn.Upsample)]
+    assert len(ups) == cfg.n_blocks and all(u.mode == "nearest" and u.scale_factor == 2 for u in ups)
+    assert all(
+        c.kernel_size == (3, 3) for c in G.modules() if isinstance(c, torch.nn.Conv2d) and c.out_channels > 3
+    )
+    z = torch.randn(4, 8)
+    pyr = G.pyramid(z)
+    assert [t.shape[-1] for t in pyr] == cfg.scales and torch.equal(pyr[-1], G(z))
+    D(pyr).sum().backward()
+    assert G.main[0][1].weight.std().item() == pytest.approx(
+        0.02, rel=0.1
+    )  # the linear start, DCGAN-initialised
+    # the transposed G of the same config is another net: resize is not a relabelling
+    T, _ = build(GANConfig(**{**cfg.to_dict(), "upsample": "transposed"}))
+    assert set(T.state_dict()) != set(G.state_dict())
+
+
+def test_a_config_without_upsample_is_transposed_and_loads(tmp_path):
+    # every version registered before `upsample` existed: its config.json has no such key
+    cfg = GANConfig(image_size=16, channels=1, latent_dim=8, ngf=4, ndf=4)
+    G, _ = build(cfg)
+    older = {k: v for k, v in cfg.to_dict().items() if k != "upsample"}
+    atomic_write(tmp_path / "generator.pt", G.state_dict())
+    atomic_write(tmp_path / "config.json", json.dumps({"model": older}))
+    G2 = load_generator(tmp_path)
+    assert G2.cfg.upsample == LEGACY["upsample"] == "transposed" and G2.cfg == cfg
+    z = torch.randn(2, 8)
+    assert torch.equal(G.eval()(z), G2(z))
+    with pytest.raises(ValueError, match="upsample"):
+        GANConfig(upsample="bilinear")

@@ -12,6 +12,9 @@ Options (all stored in :class:`GANConfig`, so a checkpoint rebuilds the nets tha
   intermediate resolution (1x1 conv "to-image" heads), D takes the whole pyramid, concatenating each scale
   to its features at that resolution, so gradients reach every G block directly. ``G(z)`` still returns the
   full-resolution image only (what serving uses); ``G.pyramid(z)`` returns all scales, coarse to fine.
+- ``upsample``: how G doubles a resolution. ``transposed`` (DCGAN's stride-2 4x4 transposed conv) or
+  ``resize`` (nearest x2, then a 3x3 conv: no uneven overlap, so no checkerboard by construction; Odena et
+  al. 2016); with ``resize`` the 1x1 -> 4x4 start is a linear layer, so G has no transposed conv at all.
 - ``class_counts`` (labelled data): class-conditional nets (cGAN). G takes a class as a one-hot vector beside
   z; D adds a projection term <embed(y), h> to its logit (Miyato & Koyama 2018), so it judges "a real 7",
   not just "a real digit". Without an explicit class, G draws one from z itself (the normal CDF of z[0]
@@ -45,6 +48,7 @@ class GANConfig:
     mbstd: bool = False  # minibatch standard-deviation channel before D's last conv
     class_counts: tuple[int, ...] = ()  # images per class of a class-conditional pair (() = unconditional)
     g_norm: str = "batch"  # batch: BatchNorm in G (DCGAN) | none: no normalisation, every sample on its own
+    upsample: str = "transposed"  # transposed: stride-2 ConvTranspose (DCGAN) | resize: nearest x2 + conv 3x3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_counts", tuple(int(c) for c in self.class_counts))  # JSON gives lists
@@ -58,6 +62,8 @@ class GANConfig:
             raise ValueError(f"arch must be dcgan or msg, got {self.arch!r}")
         if self.g_norm not in ("batch", "none"):
             raise ValueError(f"g_norm must be batch or none, got {self.g_norm!r}")
+        if self.upsample not in ("transposed", "resize"):
+            raise ValueError(f"upsample must be transposed or resize, got {self.upsample!r}")
 
     @property
     def scales(self) -> list[int]:
@@ -91,7 +97,7 @@ class GANConfig:
 # Options added after the first registered versions, at the value that reproduces a version without the key.
 # New options go here with their legacy value, so every older checkpoint, export and registered version
 # still loads, serves and resumes (their settings compare equal).
-LEGACY: dict[str, object] = {"g_norm": "batch"}
+LEGACY: dict[str, object] = {"g_norm": "batch", "upsample": "transposed"}
 
 
 class Generator(nn.Module):
@@ -110,15 +116,15 @@ class Generator(nn.Module):
 
         layers: list[nn.Module] = [
             # (B, Z [+K], 1, 1) -> (B, ch0, 4, 4); conditional: the class one-hot joins z
-            nn.ConvTranspose2d(cfg.latent_dim + cfg.n_classes, ch[0], 4, 1, 0, bias=not bn),
+            _start(cfg.latent_dim + cfg.n_classes, ch[0], not bn, cfg.upsample),
             norm(ch[0]),
             nn.ReLU(True),
         ]
         for a, b in zip(ch, ch[1:], strict=False):
             # (B, a, H, W) -> (B, b, 2H, 2W)
-            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=not bn), norm(b), nn.ReLU(True)]
+            layers += [_up(a, b, not bn, cfg.upsample), norm(b), nn.ReLU(True)]
         # (B, ngf, S/2, S/2) -> (B, C, S, S) in [-1, 1]
-        layers += [nn.ConvTranspose2d(ch[-1], cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [_up(ch[-1], cfg.channels, False, cfg.upsample), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         # msg: a to-image head after every block but the last: (B, ch_i, 4*2^i, 4*2^i) -> (B, C, same)
         self.heads = nn.ModuleList(
@@ -168,6 +174,20 @@ class Generator(nn.Module):
             out.append(head(h))  # (B, C, 4*2^i, 4*2^i)
         out.append(self.main[-2:](h))  # (B, C, S, S)
         return out
+
+
+def _start(z: int, c: int, bias: bool, upsample: str) -> nn.Module:
+    """(B, z, 1, 1) -> (B, c, 4, 4): a 4x4 transposed conv, or for ``resize`` the same map as a linear layer."""
+    if upsample == "transposed":
+        return nn.ConvTranspose2d(z, c, 4, 1, 0, bias=bias)
+    return nn.Sequential(nn.Flatten(), nn.Linear(z, c * 16, bias=bias), nn.Unflatten(1, (c, 4, 4)))
+
+
+def _up(a: int, b: int, bias: bool, upsample: str) -> nn.Module:
+    """(B, a, H, W) -> (B, b, 2H, 2W): a stride-2 4x4 transposed conv, or nearest x2 and a 3x3 conv."""
+    if upsample == "transposed":
+        return nn.ConvTranspose2d(a, b, 4, 2, 1, bias=bias)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, 1, 1, bias=bias))
 
 
 def _checked(labels: torch.Tensor, K: int) -> torch.Tensor:
@@ -292,8 +312,8 @@ class MinibatchStd(nn.Module):
 
 
 def init_weights(m: nn.Module) -> None:
-    """DCGAN init: conv weights ~ N(0, 0.02), biases 0; BatchNorm gamma ~ N(1, 0.02), beta = 0."""
-    if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+    """DCGAN init: conv (and linear) weights ~ N(0, 0.02), biases 0; BatchNorm gamma ~ N(1, 0.02), beta = 0."""
+    if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
         nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
