@@ -44,6 +44,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "msg_resize": {"arch": "msg", "upsample": "resize"},
     # the augmentation suspected of drawing the grid (issue 22): resize without translation / cutout
     "dcgan_resize_color": {"arch": "dcgan", "upsample": "resize", "diffaugment": ["color"]},
+    # FastGAN with its paper's augmentation (colour + translation); unconditional (auto turns it off)
+    "fastgan": {"arch": "fastgan", "diffaugment": ["color", "translation"]},
+    "fastgan_color": {"arch": "fastgan", "diffaugment": ["color"]},
 }
 OUT = Path(__file__).resolve().parent / "results"
 

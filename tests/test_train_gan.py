@@ -159,6 +159,7 @@ STABILISERS = {
     "msg": {"arch": "msg"},
     "resize": {"upsample": "resize"},
     "msg_resize": {"arch": "msg", "upsample": "resize"},
+    "fastgan": {"arch": "fastgan", "loss": "hinge", "ema_decay": 0.9, "diffaugment": ["color", "translation"]},
     "ema": {"ema_decay": 0.9},
     "conditional": {"conditional": True},
     "all": {"loss": "hinge", "r1_gamma": 0.5, "spectral_norm": True, "mbstd": True, "arch": "msg",
@@ -197,6 +198,19 @@ def test_settings_name_every_stabiliser(images, labels, tmp_path):
     # each stabiliser changes the weights, so none may resume a checkpoint built without it
     for kw in STABILISERS.values():
         assert fit(images, tiny(**kw), tmp_path, labels=labels, progress=False).resumed_from == 0
+
+
+def test_fastgan_is_unconditional_auto_leaves_it_so_and_d_reports_its_reconstruction(
+    images, labels, tmp_path
+):
+    with pytest.raises(ValueError, match="fastgan is unconditional"):
+        fit(images, tiny(arch="fastgan", conditional=True), tmp_path, labels=labels, progress=False)
+    r = fit(images, tiny(arch="fastgan", conditional="auto"), tmp_path, labels=labels, progress=False)
+    G = load_generator(r.export)
+    assert G.cfg.arch == "fastgan" and G.cfg.n_classes == 0 and G(torch.randn(3, 8)).shape == (3, 1, 16, 16)
+    # the self-supervised D's decoding error is reported beside the losses, and falls from its start
+    rec = [row["d_reconstruction"] for row in r.history]
+    assert len(rec) == 4 and all(0 < x < 2 for x in rec)
 
 
 def test_conditional_needs_labels_auto_follows_them(images, labels, tmp_path):

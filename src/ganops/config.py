@@ -77,7 +77,7 @@ class GanParams(_Group):
     grid_samples: int = Field(64, ge=1, le=1024)  # images in the sample grid (was n_samples: RENAMED)
     resume: bool = True
     # Stabilisers: params.yaml's choice (PLAIN_DCGAN turns them all off: the lesson's DCGAN).
-    arch: Literal["dcgan", "msg"] = "dcgan"
+    arch: Literal["dcgan", "msg", "fastgan"] = "dcgan"
     loss: Literal["bce", "hinge"] = "hinge"
     spectral_norm: bool = False
     g_norm: Literal["batch", "none"] = "batch"

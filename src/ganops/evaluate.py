@@ -29,7 +29,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from ganops.classifier import CONFIDENT, Classifier, to_float
 from ganops.config import EvaluateParams
 from ganops.models.classifier import FeatureExtractor
-from ganops.models.gan import Generator, seeded_noise
+from ganops.models.gan import BaseGenerator, seeded_noise
 from ganops.models.style import VGGEmbedding
 from ganops.neighbours import Copies, copies, precision_recall
 from ganops.spectral import artifact_from_spectra, log_spectrum, spectral_metrics
@@ -43,7 +43,7 @@ class EvaluationError(RuntimeError):
 
 @torch.no_grad()
 def generate(
-    G: Generator, n: int, *, seed: int, batch_size: int = 256, device: str | torch.device = "cpu"
+    G: BaseGenerator, n: int, *, seed: int, batch_size: int = 256, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
     """``n`` samples from ``G`` in eval mode: (n, C, S, S) float in [-1, 1], on the CPU. Seeded noise."""
     G.eval()
@@ -52,7 +52,7 @@ def generate(
     )
 
 
-def asked_classes(G: Generator, n: int, *, seed: int, n_classes: int) -> torch.Tensor | None:
+def asked_classes(G: BaseGenerator, n: int, *, seed: int, n_classes: int) -> torch.Tensor | None:
     """The classes a conditional G draws for ``generate(G, n, seed=seed)``'s samples, (n,).
 
     None unless G is conditional over exactly ``n_classes`` classes (the classifier's: no agreement to

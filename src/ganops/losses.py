@@ -68,6 +68,9 @@ class DPhase:
     real_logits: torch.Tensor  # D(x), (B,)
     fake_logits: torch.Tensor  # D(G(z)), (B,)
     fakes: list[torch.Tensor]  # G(z) at every scale [(B, C, s, s)], for G's phase
+    reconstruction: torch.Tensor | None = (
+        None  # a self-supervised D's error decoding the reals, () (in total)
+    )
 
 
 class GanLoss:
@@ -139,16 +142,21 @@ class GanLoss:
         real_in = diff_augment(reals, self.policy, self.aug_rng)
         if r1:  # R1 needs the gradient with respect to D's (augmented) real input
             real_in = [t.detach().requires_grad_(True) for t in real_in]
+        rec = None
         with self.amp():
-            real_logits = self.D_fwd(real_in, y_real).float()  # (B,)
+            if getattr(self.D, "self_supervised", False):  # fastgan: D also decodes the reals it judges
+                real_logits, rec = self.D_fwd(real_in, y_real, reconstruct=True)
+                real_logits, rec = real_logits.float(), rec.float()  # (B,), ()
+            else:
+                real_logits = self.D_fwd(real_in, y_real).float()  # (B,)
         fake_in = diff_augment([f.detach() for f in fakes], self.policy, self.aug_rng)  # D's step, not G's
         with self.amp():
             fake_logits = self.D_fwd(fake_in, y_fake).float()  # (B,)
         loss = self.d_loss(real_logits, fake_logits)
-        total = loss
+        total = loss if rec is None else loss + rec
         if r1:  # lazy regularisation: every r1_every D steps, scaled up to match
             total = total + self.r1_gamma / 2 * self.r1_every * r1_penalty(real_logits, real_in)
-        return DPhase(loss, total, real_logits, fake_logits, fakes)
+        return DPhase(loss, total, real_logits, fake_logits, fakes, rec)
 
     def g_phase(self, fakes: list[torch.Tensor], y_fake: torch.Tensor | None) -> torch.Tensor:
         """G's loss through D, backpropagated into G's gradients; returns the loss, ().

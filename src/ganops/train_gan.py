@@ -54,7 +54,7 @@ from ganops.config import GanParams
 from ganops.distributed import Place
 from ganops.images import grid_png
 from ganops.losses import DPhase, GanLoss
-from ganops.models.gan import GANConfig, Generator, build, ema_update, seeded_noise
+from ganops.models.gan import BaseGenerator, GANConfig, build, ema_update, seeded_noise
 from ganops.promote import resolve_metric
 from ganops.train_state import TrainingDiverged, TrainState, settings_for
 
@@ -185,7 +185,7 @@ class _GToScales(nn.Module):
     """``G.pyramid`` (G's image at every scale) as a module's forward, so DistributedDataParallel can wrap
     it (DDP hooks ``forward``)."""
 
-    def __init__(self, G: Generator):
+    def __init__(self, G: BaseGenerator):
         super().__init__()
         self.G = G
 
@@ -377,7 +377,7 @@ def _row(st: TrainState, losses: torch.Tensor, d: DPhase, img_per_s: float) -> d
         "d_fake": torch.sigmoid(d.fake_logits).mean().item(),  # sigmoid D(G(z)) before D's update
         "img_per_s": img_per_s,
         "d_skipped": float(st.counters["d_skipped"]),
-    }
+    } | ({"d_reconstruction": d.reconstruction.item()} if d.reconstruction is not None else {})
 
 
 def _sample_and_save(st: TrainState, run: TrainRun, hooks: Hooks) -> None:

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ganops import distributed
 from ganops.artifacts import DamagedFileError, load_checkpoint, previous, save_checkpoint
 from ganops.config import GanParams
-from ganops.models.gan import Discriminator, GANConfig, Generator
+from ganops.models.gan import BaseGenerator, GANConfig
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,12 @@ def settings_for(
 ) -> dict[str, Any]:
     """:func:`training_settings` for a dataset of this shape (and these labels), on ``world_size`` ranks."""
     _, C, S, _ = images.shape
-    cfg = GANConfig(image_size=S, channels=C, class_counts=class_counts_for(labels, p.conditional),
+    if p.arch == "fastgan" and p.conditional is True:
+        raise ValueError(
+            "gan.arch: fastgan is unconditional: set gan.conditional to auto (off for fastgan) or false"
+        )
+    conditional = False if p.arch == "fastgan" else p.conditional
+    cfg = GANConfig(image_size=S, channels=C, class_counts=class_counts_for(labels, conditional),
                     **{k: getattr(p, k) for k in sorted(_MODEL_KEYS)})  # fmt: skip
     return training_settings(p, cfg, seed, data_hash, world_size)
 
@@ -108,9 +114,9 @@ def settings_for(
 class TrainState:
     """Everything a step changes, and so everything a checkpoint holds (plus what rollback returns to)."""
 
-    G: Generator
-    D: Discriminator
-    G_ema: Generator | None  # never trained directly, always in eval mode; what every consumer of G sees
+    G: BaseGenerator
+    D: nn.Module
+    G_ema: BaseGenerator | None  # never trained directly, always in eval mode; what every consumer of G sees
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     noise: torch.Generator  # training noise, on CPU: the global batch's z, every rank the same stream
@@ -123,7 +129,7 @@ class TrainState:
     last_good: dict[str, Any] = field(default_factory=dict)  # the last checkpoint's snapshot
 
     @property
-    def sampler(self) -> Generator:
+    def sampler(self) -> BaseGenerator:
         """The G that grids, the monitor and the exports use: the EMA one when on."""
         return self.G_ema if self.G_ema is not None else self.G
 

@@ -43,7 +43,7 @@ class GANConfig:
     latent_dim: int = 64  # Z
     ngf: int = 32  # generator width (channels before the output layer)
     ndf: int = 32  # discriminator width (channels after the first layer)
-    arch: str = "dcgan"  # dcgan | msg (multi-scale gradients)
+    arch: str = "dcgan"  # dcgan | msg (multi-scale gradients) | fastgan (models/fastgan.py)
     spectral_norm: bool = False  # spectral normalisation on every D conv (and no BatchNorm in D)
     mbstd: bool = False  # minibatch standard-deviation channel before D's last conv
     class_counts: tuple[int, ...] = ()  # images per class of a class-conditional pair (() = unconditional)
@@ -58,8 +58,10 @@ class GANConfig:
         s = self.image_size
         if s < 8 or s & (s - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {s}")
-        if self.arch not in ("dcgan", "msg"):
-            raise ValueError(f"arch must be dcgan or msg, got {self.arch!r}")
+        if self.arch not in ("dcgan", "msg", "fastgan"):
+            raise ValueError(f"arch must be dcgan, msg or fastgan, got {self.arch!r}")
+        if self.arch == "fastgan" and (self.class_counts or s < 16):
+            raise ValueError("fastgan is unconditional (no class_counts) and needs image_size >= 16")
         if self.g_norm not in ("batch", "none"):
             raise ValueError(f"g_norm must be batch or none, got {self.g_norm!r}")
         if self.upsample not in ("transposed", "resize"):
@@ -100,36 +102,16 @@ class GANConfig:
 LEGACY: dict[str, object] = {"g_norm": "batch", "upsample": "transposed"}
 
 
-class Generator(nn.Module):
+class BaseGenerator(nn.Module):
+    """What every generator family shares: its config, the class it draws from z, its input, its scales.
+
+    ``G(z)`` maps noise (B, Z) or (B, Z, 1, 1) to images (B, C, S, S) in [-1, 1]; ``G.pyramid(z)`` gives the
+    images at every scale of ``cfg.scales`` (only msg has more than one).
+    """
+
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.cfg = cfg
-        n = cfg.n_blocks
-        ch = [cfg.ngf * 2 ** (n - 1 - i) for i in range(n)]  # S=32, ngf=32: [128, 64, 32]
-        # g_norm "none": no batch statistics, so each image depends on its own z only — what makes a
-        # data-parallel run on CPU (no SyncBatchNorm there) the same maths as one process on the whole batch.
-        # The Identity keeps the layer indices (pyramid() slices self.main in blocks of three).
-        bn = cfg.g_norm == "batch"
-
-        def norm(c: int) -> nn.Module:
-            return nn.BatchNorm2d(c) if bn else nn.Identity()
-
-        layers: list[nn.Module] = [
-            # (B, Z [+K], 1, 1) -> (B, ch0, 4, 4); conditional: the class one-hot joins z
-            _start(cfg.latent_dim + cfg.n_classes, ch[0], not bn, cfg.upsample),
-            norm(ch[0]),
-            nn.ReLU(True),
-        ]
-        for a, b in zip(ch, ch[1:], strict=False):
-            # (B, a, H, W) -> (B, b, 2H, 2W)
-            layers += [_up(a, b, not bn, cfg.upsample), norm(b), nn.ReLU(True)]
-        # (B, ngf, S/2, S/2) -> (B, C, S, S) in [-1, 1]
-        layers += [_up(ch[-1], cfg.channels, False, cfg.upsample), nn.Tanh()]
-        self.main = nn.Sequential(*layers)
-        # msg: a to-image head after every block but the last: (B, ch_i, 4*2^i, 4*2^i) -> (B, C, same)
-        self.heads = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(c, cfg.channels, 1), nn.Tanh()) for c in ch] if cfg.arch == "msg" else []
-        )
         self._cdf = class_cdf(cfg.class_counts or (1,))
 
     def labels_for(self, z: torch.Tensor) -> torch.Tensor:
@@ -159,6 +141,43 @@ class Generator(nn.Module):
         onehot = F.one_hot(y.long(), K).to(z.dtype)[:, :, None, None]  # (B, K, 1, 1)
         return torch.cat([z, onehot], 1)
 
+    def pyramid(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Images at every scale of ``cfg.scales``, coarse to fine: ``[G(z)]`` for one scale."""
+        return [self(z, labels)]
+
+
+class Generator(BaseGenerator):
+    """DCGAN's generator (and msg's, with a to-image head per resolution)."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__(cfg)
+        n = cfg.n_blocks
+        ch = [cfg.ngf * 2 ** (n - 1 - i) for i in range(n)]  # S=32, ngf=32: [128, 64, 32]
+        # g_norm "none": no batch statistics, so each image depends on its own z only — what makes a
+        # data-parallel run on CPU (no SyncBatchNorm there) the same maths as one process on the whole batch.
+        # The Identity keeps the layer indices (pyramid() slices self.main in blocks of three).
+        bn = cfg.g_norm == "batch"
+
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if bn else nn.Identity()
+
+        layers: list[nn.Module] = [
+            # (B, Z [+K], 1, 1) -> (B, ch0, 4, 4); conditional: the class one-hot joins z
+            _start(cfg.latent_dim + cfg.n_classes, ch[0], not bn, cfg.upsample),
+            norm(ch[0]),
+            nn.ReLU(True),
+        ]
+        for a, b in zip(ch, ch[1:], strict=False):
+            # (B, a, H, W) -> (B, b, 2H, 2W)
+            layers += [_up(a, b, not bn, cfg.upsample), norm(b), nn.ReLU(True)]
+        # (B, ngf, S/2, S/2) -> (B, C, S, S) in [-1, 1]
+        layers += [_up(ch[-1], cfg.channels, False, cfg.upsample), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        # msg: a to-image head after every block but the last: (B, ch_i, 4*2^i, 4*2^i) -> (B, C, same)
+        self.heads = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(c, cfg.channels, 1), nn.Tanh()) for c in ch] if cfg.arch == "msg" else []
+        )
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, Z) or (B, Z, 1, 1) -> images (B, C, S, S); conditional: classes (B,) or drawn from z."""
         return self.main(self._input(z, labels))
@@ -166,7 +185,7 @@ class Generator(nn.Module):
     def pyramid(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Images at every scale of ``cfg.scales``, coarse to fine; ``[G(z)]`` for dcgan."""
         if not self.heads:
-            return [self(z, labels)]
+            return super().pyramid(z, labels)
         h = self._input(z, labels)
         out = []
         for i, head in enumerate(self.heads):  # self.main is [ConvT, BN, ReLU] per block, then [ConvT, Tanh]
@@ -324,12 +343,30 @@ def init_weights(m: nn.Module) -> None:
         nn.init.normal_(m.weight, 0.0, 0.02)
 
 
-def build(cfg: GANConfig) -> tuple[Generator, Discriminator]:
-    """Both nets, DCGAN-initialised (draws from torch's global RNG: seed it first)."""
-    g, d = Generator(cfg), Discriminator(cfg)
+def build(cfg: GANConfig) -> tuple[BaseGenerator, nn.Module]:
+    """Both nets of ``cfg.arch``, DCGAN-initialised (draws from torch's global RNG: seed it first)."""
+    g, d = generator_for(cfg), discriminator_for(cfg)
     g.apply(init_weights)
     d.apply(init_weights)
     return g, d
+
+
+def generator_for(cfg: GANConfig) -> BaseGenerator:
+    """The generator of ``cfg.arch`` (uninitialised: :func:`build` initialises)."""
+    if cfg.arch == "fastgan":
+        from ganops.models.fastgan import FastGenerator
+
+        return FastGenerator(cfg)
+    return Generator(cfg)
+
+
+def discriminator_for(cfg: GANConfig) -> nn.Module:
+    """The discriminator of ``cfg.arch``."""
+    if cfg.arch == "fastgan":
+        from ganops.models.fastgan import FastDiscriminator
+
+        return FastDiscriminator(cfg)
+    return Discriminator(cfg)
 
 
 @torch.no_grad()
@@ -341,11 +378,11 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         eb.copy_(mb)
 
 
-def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> Generator:
+def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> BaseGenerator:
     """Rebuild the generator from an exported folder (``generator.pt`` + ``config.json``), in eval mode."""
     from ganops.artifacts import load_folder
 
     state, config = load_folder(folder, "generator.pt", map_location=device)
-    g = Generator(GANConfig.from_dict(config["model"]))
+    g = generator_for(GANConfig.from_dict(config["model"]))
     g.load_state_dict(state)
     return g.to(device).eval()
