@@ -228,6 +228,10 @@ def _init_state(run: TrainRun) -> tuple[TrainState, nn.Module, nn.Module]:
     # noise, and the same z one process would use. Augmentation: rank 0's stream is the one-process one.
     noise = torch.Generator().manual_seed(seed + 2)
     aug_rng = torch.Generator().manual_seed(seed + 3 + 1_000_003 * run.place.rank)
+    # torch's global stream after init (fastgan's training noise, its D's crop): one per rank; rank 0's is
+    # the one-process stream. The other families draw nothing from it while training.
+    if run.place.rank > 0:
+        torch.manual_seed(seed + 4 + 1_000_003 * run.place.rank)
     return TrainState(G, D, G_ema, opt_g, opt_d, noise, aug_rng), G_fwd, D_fwd
 
 
@@ -245,7 +249,10 @@ def _resume(st: TrainState, run: TrainRun, prior: dict[str, Any] | None) -> int:
     if run.ddp:
         state = distributed.broadcast_object(state)
         if state is not None:
-            state = {**state, "rng_aug": state["rng_aug_ranks"][run.place.rank]}
+            rank = run.place.rank
+            state = {**state, "rng_aug": state["rng_aug_ranks"][rank]}
+            if "rng_torch_ranks" in state:  # checkpoints of 2026-12-05 on: each rank's global stream
+                state["rng_torch"] = state["rng_torch_ranks"][rank]
     if state is not None:
         st.restore(state)
         log.info("resuming from %s at step %d", run.checkpoint, st.step)

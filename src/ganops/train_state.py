@@ -179,7 +179,9 @@ class TrainState:
         self.last_good = copy.deepcopy(self.snapshot())
         saved = self.last_good
         if ddp:
-            saved = {**self.last_good, "rng_aug_ranks": distributed.gather_objects(self.aug_rng.get_state())}
+            # each rank's own streams: augmentation, and torch's global one (fastgan's training noise)
+            saved = {**self.last_good, "rng_aug_ranks": distributed.gather_objects(self.aug_rng.get_state()),
+                     "rng_torch_ranks": distributed.gather_objects(torch.get_rng_state())}  # fmt: skip
         if rank == 0:
             save_checkpoint(path, saved, {"settings": settings})
 

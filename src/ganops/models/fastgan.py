@@ -19,7 +19,8 @@ of a self-supervised D (``D.self_supervised``).
 Sized for a CPU by default: G's channels are ``ngf * 16 / side`` (ngf 32: 128 at 4x4 ... 8 at 64x64), D's
 ``ndf * 32 / side`` (ndf 32: 16 at 64x64 ... 128 at 8x8), at least 8; a GPU takes wider nets (ngf, ndf 64+).
 Unconditional (``gan.conditional: auto`` leaves it so on class folders). Its noise is drawn from torch's
-global generator in training (seeded, and saved in every checkpoint: resuming is exact); in eval mode each
+global generator in training (seeded, one stream per rank under DDP, each saved in every checkpoint:
+resuming is exact); in eval mode each
 noise layer adds a fixed map drawn at build time, so the exported G(z) is a pure function of z.
 """
 
