@@ -7,7 +7,8 @@ is on, as for a user's sorted folder), prepared as `data.source: folder` does at
 variant is params.yaml's gan group plus the README's own-pictures advice (DiffAugment colour, translation,
 cutout) and its own overrides; it trains until ``--minutes`` of wall time have passed (checked after each
 step), then its EMA generator is scored by the evaluate stage's code on as many samples as half the data
-(the real-vs-real halves). Grids and "generated | nearest real" sheets go to ``bench/results/own_photos/``.
+(the real-vs-real halves). Grids and "generated | nearest real" sheets go to ``bench/results/own_photos/``;
+the sheets show the photos themselves, which may not ship, so git ignores them (look at them locally).
 
     python bench/own_photos.py --root ../shared/data/own-photos --minutes 10              # dcgan, msg at 64 px
     python bench/own_photos.py --root ... --variants dcgan --minutes 30 --size 128 --tag 128
