@@ -20,8 +20,8 @@ Sized for a CPU by default: G's channels are ``ngf * 16 / side`` (ngf 32: 128 at
 ``ndf * 32 / side`` (ndf 32: 16 at 64x64 ... 128 at 8x8), at least 8; a GPU takes wider nets (ngf, ndf 64+).
 Unconditional (``gan.conditional: auto`` leaves it so on class folders). Its noise is drawn from torch's
 global generator in training (seeded, one stream per rank under DDP, each saved in every checkpoint:
-resuming is exact); in eval mode each
-noise layer adds a fixed map drawn at build time, so the exported G(z) is a pure function of z.
+resuming is exact); in eval mode each noise layer adds a fixed map drawn at build time, so the exported
+G(z) is a pure function of z.
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ class NoiseInjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
         if self.training:
-            noise = torch.randn(B, 1, H, W, dtype=x.dtype).to(
-                x.device
-            )  # global RNG, on CPU: device-independent
+            # torch's global stream, drawn on the CPU so that a run draws the same noise on any device
+            noise = torch.randn(B, 1, H, W, dtype=x.dtype).to(x.device)
         else:
             noise = self.fixed.to(x.dtype).expand(B, 1, H, W)
         return x + self.weight * noise
@@ -123,31 +122,26 @@ class FastGenerator(BaseGenerator):
             {str(s): up_block(w(s // 2), w(s), s, comp=int(math.log2(s)) % 2 == 1) for s in sides}
         )
         self.sle = nn.ModuleDict({f"{a}_{b}": SkipExcitation(w(a), w(b)) for a, b in sle_pairs(S)})
+        self.gated_by = {b: a for a, b in sle_pairs(S)}  # big side -> the small side that gates it
         # (B, w(S), S, S) -> (B, C, S, S)
         self.to_img = nn.Sequential(conv(w(S), cfg.channels, 3, 1, 1, bias=True), nn.Tanh())
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.init(self._input(z, labels))  # (B, w4, 4, 4)
         feats = {4: h}
-        gates = {
-            b: (a, m) for (a, b), m in zip(sle_pairs(self.cfg.image_size), self.sle.values(), strict=True)
-        }
         for key, block in self.ups.items():
             s = int(key)
             h = block(h)  # (B, w(s), s, s)
-            if s in gates:
-                a, m = gates[s]
-                h = m(feats[a], h)
+            if s in self.gated_by:  # skip-layer excitation: the small map gates this one's channels
+                a = self.gated_by[s]
+                h = self.sle[f"{a}_{s}"](feats[a], h)
             feats[s] = h
         return self.to_img(h)
 
 
-def down_block(a: int, b: int) -> nn.Module:
+class DownBlock(nn.Module):
     """(B, a, H, W) -> (B, b, H/2, W/2), the mean of a strided-conv path and an average-pool path."""
-    return _DownBlock(a, b)
 
-
-class _DownBlock(nn.Module):
     def __init__(self, a: int, b: int):
         super().__init__()
         self.main = nn.Sequential(
@@ -186,7 +180,7 @@ class FastDiscriminator(nn.Module):
         self.from_img = nn.Sequential(conv(cfg.channels, w(S), 3, 1, 1), nn.LeakyReLU(0.2, True))
         sides = [S // 2**i for i in range(1, int(math.log2(S // 8)) + 1)]  # [S/2, ..., 8]
         # (B, w(2s), 2s, 2s) -> (B, w(s), s, s)
-        self.downs = nn.ModuleDict({str(s): down_block(w(2 * s), w(s)) for s in sides})
+        self.downs = nn.ModuleDict({str(s): DownBlock(w(2 * s), w(s)) for s in sides})
         self.mbstd = MinibatchStd() if cfg.mbstd else None
         n = w(8) + int(cfg.mbstd)
         # (B, w8 [+1], 8, 8) -> (B, 1, 5, 5)
