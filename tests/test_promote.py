@@ -149,6 +149,12 @@ def test_a_version_carries_what_promote_compares_and_reads_its_other_metrics_fro
         **evaluated,
     }
     assert d["candidate"]["artifact_score"] == 0.02 and d["candidate"]["kl"] == 0.3
+    # the run evaluated again after registration: what the version compared stays as registered (its tag),
+    # the rest follows the run; the version itself is not rewritten
+    log_to_run(new, {"domain_fid": 9.0, "kl": 0.7}, {})
+    again = champion("ganops-generator", "champion")
+    assert again["domain_fid"] == 3.0 and again["kl"] == 0.7
+    assert c.get_model_version("ganops-generator", str(d["candidate"]["version"])).tags == tags
 
     # a version registered before (every metric a tag, its run never tagged by evaluate) reads the same
     old = _run_with_checkpoint(tmp_path)
