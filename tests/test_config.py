@@ -190,3 +190,49 @@ def test_list_valued_override_gives_a_diffaugment_policy():
     assert p.gan.diffaugment == ["color", "translation"]
     with pytest.raises(ParamsError, match="gan.diffaugment"):
         load_params(PARAMS, ["gan.diffaugment=[color,blur]"])
+
+
+@pytest.mark.parametrize(
+    ("size", "conditional", "arch", "want"),
+    [
+        (16, "auto", "auto", "dcgan"),  # the digits demo
+        (32, "auto", "auto", "dcgan"),
+        (64, "auto", "auto", "fastgan"),  # own pictures: the best measured at 64 px
+        (128, False, "auto", "fastgan"),
+        (64, True, "auto", "dcgan"),  # class-conditioning asked for: fastgan cannot
+        (64, "auto", "msg", "msg"),  # a named architecture is kept
+        (16, "auto", "progressive", "progressive"),
+    ],
+)
+def test_arch_auto_is_resolved_before_anything_reads_it(size, conditional, arch, want):
+    raw = {"data": {"image_size": size}, "gan": {"arch": arch, "conditional": conditional}}
+    p = parse_params(raw)
+    assert p.gan.arch == want
+    assert p.flat()["gan.arch"] == want  # what MLflow logs and the run name uses
+    if conditional == "auto":  # the same from overrides, and with the key left out (auto is the default)
+        assert parse_params({}, [f"data.image_size={size}", f"gan.arch={arch}"]).gan.arch == want
+        if arch == "auto":
+            assert parse_params({"data": {"image_size": size}}).gan.arch == want
+
+
+def test_arch_auto_in_a_bare_gan_group_is_resolved_from_the_images():
+    # GanParams built in code (benchmarks, notebooks) carries "auto": the settings resolve it from the data.
+    import torch
+
+    from ganops.config import GanParams
+    from ganops.train_state import settings_for
+
+    for size, want in ((16, "dcgan"), (64, "fastgan")):
+        images = torch.zeros(8, 3, size, size, dtype=torch.uint8)
+        s = settings_for(images, GanParams(), seed=0, data_hash="h")
+        assert s["model"]["arch"] == want
+        assert "grow_fade_steps" not in s  # the growth schedule is a setting of progressive runs only
+    s = settings_for(images, GanParams(arch="progressive"), seed=0, data_hash="h")
+    assert (s["grow_fade_steps"], s["grow_stable_steps"]) == (200, 200)
+
+
+def test_arch_auto_with_malformed_params_still_names_the_bad_key():
+    with pytest.raises(ParamsError, match="data.image_size"):
+        parse_params({"data": {"image_size": "large"}})
+    with pytest.raises(ParamsError, match="gan.arch"):
+        parse_params({"gan": {"arch": "stylegan"}})

@@ -160,6 +160,9 @@ STABILISERS = {
     "resize": {"upsample": "resize"},
     "msg_resize": {"arch": "msg", "upsample": "resize"},
     "fastgan": {"arch": "fastgan", "loss": "hinge", "ema_decay": 0.9, "diffaugment": ["color", "translation"]},
+    # 6 steps: 4 px, fading to 8 px (alpha 0, 0.5), 8 px, fading to 16 px: the stop at 3 is at a phase change
+    "progressive": {"arch": "progressive", "grow_fade_steps": 2, "grow_stable_steps": 1, "ema_decay": 0.9,
+                    "conditional": True, "mbstd": True, "diffaugment": ["translation"]},
     "ema": {"ema_decay": 0.9},
     "conditional": {"conditional": True},
     "all": {"loss": "hinge", "r1_gamma": 0.5, "spectral_norm": True, "mbstd": True, "arch": "msg",
@@ -198,6 +201,44 @@ def test_settings_name_every_stabiliser(images, labels, tmp_path):
     # each stabiliser changes the weights, so none may resume a checkpoint built without it
     for kw in STABILISERS.values():
         assert fit(images, tiny(**kw), tmp_path, labels=labels, progress=False).resumed_from == 0
+
+
+def test_progressive_grows_resumes_mid_fade_exactly_and_reports_its_phase(images, labels, tmp_path, caplog):
+    # fade 3, stable 1 at 16 px: step 0 at 4 px, 1-3 fade to 8 px, 4 at 8 px, 5-7 fade to 16 px, 8 at 16 px
+    kw = {
+        "arch": "progressive",
+        "grow_fade_steps": 3,
+        "grow_stable_steps": 1,
+        "ema_decay": 0.9,
+        "mbstd": True,
+    }
+    full = fit(images, tiny(steps=9, checkpoint_every=3, **kw), tmp_path / "full", progress=False)
+    assert [(r["resolution"], round(r["fade_alpha"], 2)) for r in full.history] == [
+        (4, 1), (8, 0), (8, 0.33), (8, 0.67), (8, 1), (16, 0), (16, 0.33), (16, 0.67), (16, 1)
+    ]  # fmt: skip
+    G = load_generator(full.export)
+    assert G.growth.resolution == 16 and G(torch.randn(2, 8)).shape == (2, 1, 16, 16)
+    # stopped mid-fade (after 6 of 9 steps, the next at 16 px, alpha 1/3) and resumed: the uninterrupted weights
+    split = tmp_path / "split"
+    stop = Hooks(should_stop=lambda step: step == 6)
+    r = fit(images, tiny(steps=9, checkpoint_every=3, **kw), split, hooks=stop, progress=False)
+    assert not r.completed and r.step == 6
+    state, _ = load_checkpoint(split / "checkpoint.pt")
+    assert state["G"]["growth_state"].tolist() == [2.0, 0.0]  # the checkpoint carries its last step's growth
+    resumed = fit(images, tiny(steps=9, checkpoint_every=3, **kw), split, progress=False)
+    assert resumed.resumed_from == 6
+    assert_same_training_state(full.checkpoint, resumed.checkpoint)
+    # a run that ends before the last level: warned, and the export is full size at the level it reached
+    short = fit(images, tiny(steps=3, **kw), tmp_path / "short", progress=False)
+    assert "ends before progressive growing reaches 16 px (9 steps" in caplog.text
+    G = load_generator(short.export)
+    x = G(torch.randn(2, 8))
+    assert G.growth.level == 1 and G.growth.alpha == pytest.approx(1 / 3)  # its last step: 8 px, fading in
+    assert x.shape == (2, 1, 16, 16)
+    assert torch.equal(x, x[:, :, ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3))  # 2-px squares
+    # the schedule shapes the weights: another one never resumes this checkpoint
+    other = fit(images, tiny(steps=9, **(kw | {"grow_fade_steps": 2})), split, progress=False)
+    assert other.resumed_from == 0
 
 
 def test_fastgan_is_unconditional_auto_leaves_it_so_and_d_reports_its_reconstruction(

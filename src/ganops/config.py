@@ -77,7 +77,8 @@ class GanParams(_Group):
     grid_samples: int = Field(64, ge=1, le=1024)  # images in the sample grid (was n_samples: RENAMED)
     resume: bool = True
     # Stabilisers: params.yaml's choice (PLAIN_DCGAN turns them all off: the lesson's DCGAN).
-    arch: Literal["dcgan", "msg", "fastgan"] = "dcgan"
+    # auto: resolved by resolve_arch (dcgan up to 32 px, fastgan from 64 px) before anything is written
+    arch: Literal["auto", "dcgan", "msg", "fastgan", "progressive"] = "auto"
     loss: Literal["bce", "hinge"] = "hinge"
     spectral_norm: bool = False
     g_norm: Literal["batch", "none"] = "batch"
@@ -97,6 +98,25 @@ class GanParams(_Group):
     nan_lr_factor: float = Field(0.5, gt=0, lt=1)
     nproc: int = Field(1, ge=1)
     amp: bool = False
+    # arch progressive: steps per fade-in of a new resolution and per stable phase (4x4 starts stable)
+    grow_fade_steps: int = Field(200, ge=1)
+    grow_stable_steps: int = Field(200, ge=1)
+
+
+# Measured choice of `gan.arch: auto` (BENCHMARKS.md, "Resize upsampling and FastGAN"): DCGAN is the best
+# of the families on the digits at 16-32 px (the demo's numbers), FastGAN at 64 px on a folder of photos
+# (VGG KID 13.1 against DCGAN's 28.8 for the same 10 CPU minutes). FastGAN is unconditional: a params
+# file that asks for class-conditioning (`conditional: true`) gets DCGAN at every size.
+AUTO_ARCH_MAX_DCGAN = 32
+
+
+def resolve_arch(arch: str, image_size: int, conditional: bool | str = "auto") -> str:
+    """The concrete architecture ``gan.arch`` names at ``image_size`` px (``auto`` -> dcgan or fastgan)."""
+    if arch != "auto":
+        return arch
+    if image_size <= AUTO_ARCH_MAX_DCGAN or conditional is True:
+        return "dcgan"
+    return "fastgan"
 
 
 # The lesson's plain DCGAN (BCE, no R1, no minibatch-stddev, no EMA, unconditional, no in-training monitor):
@@ -249,6 +269,24 @@ class Params(_Group):
     promote: PromoteParams = PromoteParams()
     style: StyleParams = StyleParams()
     tracking: TrackingParams = TrackingParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto(cls, raw: Any) -> Any:
+        """``gan.arch: auto`` becomes the architecture it picks for ``data.image_size``, so the settings,
+        checkpoints, MLflow params and run names all name a concrete one. Malformed input is left for the
+        field validators to report."""
+        if not isinstance(raw, dict):
+            return raw
+        gan, data = raw.get("gan", {}), raw.get("data", {})
+        gan = gan.model_dump() if isinstance(gan, GanParams) else gan
+        data = data.model_dump() if isinstance(data, DataParams) else data
+        if not isinstance(gan, dict) or not isinstance(data, dict):
+            return raw
+        arch, size = gan.get("arch", "auto"), data.get("image_size", DataParams().image_size)
+        if arch != "auto" or not isinstance(size, int):
+            return raw
+        return {**raw, "gan": {**gan, "arch": resolve_arch("auto", size, gan.get("conditional", "auto"))}}
 
     def flat(self) -> dict[str, Any]:
         """Flatten to ``{"gan.lr_d": 0.0002, ...}`` (what MLflow logs as params)."""

@@ -55,6 +55,7 @@ from ganops.distributed import Place
 from ganops.images import grid_png
 from ganops.losses import DPhase, GanLoss
 from ganops.models.gan import BaseGenerator, GANConfig, build, ema_update, seeded_noise
+from ganops.models.progressive import Growth, growth_for, schedule_warning
 from ganops.promote import resolve_metric
 from ganops.train_state import TrainingDiverged, TrainState, settings_for
 
@@ -129,6 +130,8 @@ class TrainRun:
         n = p.grid_samples
         y = torch.arange(n, device=device) % cfg.n_classes if cfg.n_classes else None
         z = seeded_noise(n, cfg.latent_dim, seed + 1).to(device)
+        if place.main and (note := schedule_warning(cfg, p.steps, p.grow_fade_steps, p.grow_stable_steps)):
+            log.warning(note)
         return TrainRun(p, Path(out), settings, cfg, seed, device, place, spe, z, y, progress)
 
     @property
@@ -209,19 +212,12 @@ def _init_state(run: TrainRun) -> tuple[TrainState, nn.Module, nn.Module]:
     D = D.to(device).to(memory_format=torch.channels_last)
     # Every rank keeps an EMA G: it is updated from G's (identical) weights, so it stays identical too.
     G_ema = copy.deepcopy(G).requires_grad_(False).eval() if p.ema_decay > 0 else None
-    G_fwd: nn.Module = _GToScales(G)
-    D_fwd: nn.Module = D
-    if run.ddp:
-        if device.type == "cuda":  # batch statistics over all ranks; SyncBatchNorm refuses CPU tensors
-            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-            D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
-            G_fwd = _GToScales(G)
-        ids = [device.index] if device.type == "cuda" else None
-        # forward_sync_buffers=False (was broadcast_buffers): D runs twice per step (real, fake) and a buffer
-        # broadcast between the two forwards breaks autograd (pytorch#22095); spectral norm's u too.
-        # BatchNorm statistics are averaged explicitly once per step instead (distributed.average_buffers_).
-        G_fwd = DDP(G_fwd, device_ids=ids, forward_sync_buffers=False)
-        D_fwd = DDP(D, device_ids=ids, forward_sync_buffers=False)
+    if (
+        run.ddp and device.type == "cuda"
+    ):  # batch statistics over all ranks; SyncBatchNorm refuses CPU tensors
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    G_fwd, D_fwd = _forwards(run, G, D)
     opt_g = torch.optim.Adam(G.parameters(), lr=p.lr_g, betas=(p.beta1, p.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=p.lr_d, betas=(p.beta1, p.beta2))
     # Every rank draws the global batch's noise from the same stream and keeps its own slice: per-rank
@@ -233,6 +229,56 @@ def _init_state(run: TrainRun) -> tuple[TrainState, nn.Module, nn.Module]:
     if run.place.rank > 0:
         torch.manual_seed(seed + 4 + 1_000_003 * run.place.rank)
     return TrainState(G, D, G_ema, opt_g, opt_d, noise, aug_rng), G_fwd, D_fwd
+
+
+class _Phase(nn.Module):
+    """``fwd``'s forward with only ``parts`` registered: what DDP wraps for a growing family, so the modules a
+    phase leaves unused (levels not yet grown, a faded-out path) are not expected to get gradient."""
+
+    def __init__(self, fwd: nn.Module, parts: list[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self._fwd = (fwd,)  # a tuple: not registered, so its other parameters stay outside DDP
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fwd[0](*args, **kwargs)
+
+
+def _forwards(run: TrainRun, G: BaseGenerator, D: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The forwards whose gradients must be averaged over the ranks: G's to every scale (in D's phase, kept
+    for G's) and D's in D's phase. DDP-wrapped under DDP, else plain; a growing family's wrap only the
+    modules of its current phase (``G.active()``), so the loop builds them again when that set changes."""
+    G_fwd: nn.Module = _GToScales(G)
+    D_fwd: nn.Module = D
+    if not run.ddp:
+        return G_fwd, D_fwd
+    if hasattr(G, "active"):
+        G_fwd, D_fwd = _Phase(G_fwd, G.active()), _Phase(D, D.active())  # type: ignore[operator]
+    ids = [run.device.index] if run.device.type == "cuda" else None
+    # forward_sync_buffers=False (was broadcast_buffers): D runs twice per step (real, fake) and a buffer
+    # broadcast between the two forwards breaks autograd (pytorch#22095); spectral norm's u too.
+    # BatchNorm statistics are averaged explicitly once per step instead (distributed.average_buffers_).
+    return (DDP(G_fwd, device_ids=ids, forward_sync_buffers=False),
+            DDP(D_fwd, device_ids=ids, forward_sync_buffers=False))  # fmt: skip
+
+
+Phase = tuple[int, bool]  # a growing pair's (level, fading): the modules a phase uses
+
+
+def _grow(st: TrainState, run: TrainRun, loss: GanLoss, phase: Phase) -> tuple[Growth | None, Phase]:
+    """Set a growing pair to the growth of the step about to be taken (G, its EMA and D alike); under DDP
+    wrap the new phase's modules when they changed. Returns the growth (None: the family does not grow)
+    and the phase the wrappers are built for."""
+    growth = growth_for(run.cfg, run.p.grow_fade_steps, run.p.grow_stable_steps, st.step)
+    if growth is None:
+        return None, phase
+    for net in (st.G, st.G_ema, st.D):
+        if net is not None:
+            net.set_growth(growth)  # type: ignore[operator]
+    now = (growth.level, growth.fading)
+    if run.ddp and now != phase:
+        loss.G_fwd, loss.D_fwd = _forwards(run, st.G, st.D)
+    return growth, now
 
 
 def _resume(st: TrainState, run: TrainRun, prior: dict[str, Any] | None) -> int:
@@ -368,23 +414,32 @@ def _monitor(st: TrainState, run: TrainRun, hooks: Hooks) -> None:
 
 def _report(st: TrainState, row: dict[str, float], bar: tqdm, on_metrics: MetricsFn | None) -> None:
     st.history.append(row)
+    grow = {"px": f"{row['resolution']:.0f}@{row['fade_alpha']:.2f}"} if "resolution" in row else {}
     bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", Dx=f"{row['d_real']:.2f}",
-                    DGz=f"{row['d_fake']:.2f}", img_s=f"{row['img_per_s']:.0f}")  # fmt: skip
+                    DGz=f"{row['d_fake']:.2f}", img_s=f"{row['img_per_s']:.0f}", **grow)  # fmt: skip
     if on_metrics:
         on_metrics(st.step, {k: v for k, v in row.items() if k != "step"})
 
 
-def _row(st: TrainState, losses: torch.Tensor, d: DPhase, img_per_s: float) -> dict[str, float]:
-    return {
-        "step": float(st.step),
-        "loss_d": losses[0].item(),  # over the global batch
-        "loss_g": losses[1].item(),
-        # this rank's batch (rank 0 reports):
-        "d_real": torch.sigmoid(d.real_logits).mean().item(),  # sigmoid D(x), -> 0.5 at equilibrium
-        "d_fake": torch.sigmoid(d.fake_logits).mean().item(),  # sigmoid D(G(z)) before D's update
-        "img_per_s": img_per_s,
-        "d_skipped": float(st.counters["d_skipped"]),
-    } | ({"d_reconstruction": d.reconstruction.item()} if d.reconstruction is not None else {})
+def _row(
+    st: TrainState, losses: torch.Tensor, d: DPhase, img_per_s: float, growth: Growth | None
+) -> dict[str, float]:
+    return (
+        {
+            "step": float(st.step),
+            "loss_d": losses[0].item(),  # over the global batch
+            "loss_g": losses[1].item(),
+            # this rank's batch (rank 0 reports):
+            "d_real": torch.sigmoid(d.real_logits).mean().item(),  # sigmoid D(x), -> 0.5 at equilibrium
+            "d_fake": torch.sigmoid(d.fake_logits).mean().item(),  # sigmoid D(G(z)) before D's update
+            "img_per_s": img_per_s,
+            "d_skipped": float(st.counters["d_skipped"]),
+        }
+        | ({"d_reconstruction": d.reconstruction.item()} if d.reconstruction is not None else {})
+        | (
+            growth.metrics() if growth is not None else {}  # progressive: resolution and fade alpha
+        )
+    )
 
 
 def _sample_and_save(st: TrainState, run: TrainRun, hooks: Hooks) -> None:
@@ -434,7 +489,9 @@ def train(
                disable=not (run.progress and main))  # fmt: skip
     perm, perm_epoch, completed = torch.empty(0, dtype=torch.long), -1, True
     t0, t_images = time.perf_counter(), 0
+    phase = (0, False)  # what _init_state's wrappers were built for
     while st.step < p.steps:
+        growth, phase = _grow(st, run, loss, phase)  # progressive only: (level, alpha) of this step
         epoch, i = divmod(st.step, run.steps_per_epoch)
         if epoch != perm_epoch:
             perm, perm_epoch = _epoch_perm(N, run.seed, epoch).to(device), epoch
@@ -493,7 +550,7 @@ def train(
         # ---------------------------------------------------------------- report, sample, checkpoint
         if st.step % p.log_every == 0 or st.step == p.steps:
             dt, t0 = time.perf_counter() - t0, time.perf_counter()
-            row, t_images = _row(st, losses, d, t_images / dt if dt > 0 else 0.0), 0
+            row, t_images = _row(st, losses, d, t_images / dt if dt > 0 else 0.0, growth), 0
             if main:
                 _report(st, row, bar, hooks.on_metrics)
         _sample_and_save(st, run, hooks)

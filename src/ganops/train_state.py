@@ -22,7 +22,7 @@ from torch import nn
 
 from ganops import distributed
 from ganops.artifacts import DamagedFileError, load_checkpoint, previous, save_checkpoint
-from ganops.config import GanParams
+from ganops.config import GanParams, resolve_arch
 from ganops.models.gan import BaseGenerator, GANConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ _NOT_SETTINGS = {
     "conditional",
     "nproc",
 }  # fmt: skip  (nproc: what shapes the weights is the world size, added below)
+_GROW_KEYS = {"grow_fade_steps", "grow_stable_steps"}
 _MODEL_KEYS = {"latent_dim", "ngf", "ndf", "arch", "spectral_norm", "g_norm", "upsample", "mbstd"}
 # Settings added after the first checkpoints, at the value that reproduces a checkpoint without the key (the
 # model's own options: models.gan.LEGACY). One rule: a key an older checkpoint lacks takes its legacy value.
@@ -63,6 +64,8 @@ def training_settings(
     is in: it sets the global batch and the data each rank sees.
     """
     opts = {k: v for k, v in p.model_dump().items() if k not in _NOT_SETTINGS | _MODEL_KEYS}
+    if cfg.arch != "progressive":  # the growth schedule shapes only a progressive run's weights
+        opts = {k: v for k, v in opts.items() if k not in _GROW_KEYS}
     return {"model": cfg.to_dict(), **opts, "seed": seed, "data_hash": data_hash, "world_size": world_size}
 
 
@@ -100,13 +103,16 @@ def settings_for(
 ) -> dict[str, Any]:
     """:func:`training_settings` for a dataset of this shape (and these labels), on ``world_size`` ranks."""
     _, C, S, _ = images.shape
-    if p.arch == "fastgan" and p.conditional is True:
+    arch = resolve_arch(
+        p.arch, S, p.conditional
+    )  # params.yaml's `auto` is resolved already; a bare GanParams
+    if arch == "fastgan" and p.conditional is True:
         raise ValueError(
             "gan.arch: fastgan is unconditional: set gan.conditional to auto (off for fastgan) or false"
         )
-    conditional = False if p.arch == "fastgan" else p.conditional
-    cfg = GANConfig(image_size=S, channels=C, class_counts=class_counts_for(labels, conditional),
-                    **{k: getattr(p, k) for k in sorted(_MODEL_KEYS)})  # fmt: skip
+    conditional = False if arch == "fastgan" else p.conditional
+    model = {k: getattr(p, k) for k in sorted(_MODEL_KEYS)} | {"arch": arch}
+    cfg = GANConfig(image_size=S, channels=C, class_counts=class_counts_for(labels, conditional), **model)
     return training_settings(p, cfg, seed, data_hash, world_size)
 
 

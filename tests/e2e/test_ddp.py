@@ -135,3 +135,26 @@ def test_fastgan_on_two_ranks_stays_identical_and_resumes_mid_run_to_the_same_we
     resumed = torch.load(split / "b" / "rank0.pt")
     assert _max_diff(resumed, r0) == 0.0
     assert torch.load(split / "b" / "result0.pt")["history"] == K  # history carried over: it resumed
+
+
+# 16 px, fade 3, stable 1: step 0 at 4 px, 1-3 fading to 8 px, 4 at 8 px, 5 fading to 16 px (four phases)
+GROWING = BASE | dict(arch="progressive", mbstd=False, grow_fade_steps=3, grow_stable_steps=1)
+
+
+def test_progressive_on_two_ranks_wraps_each_phase_equals_one_process_and_resumes_mid_fade(tmp_path):
+    # each phase is wrapped on its own (the levels not yet grown and the faded-out path are outside DDP), so
+    # plain DDP holds without find_unused_parameters; no batch statistics (pixel norm in G, mbstd off), so
+    # two ranks of 8 compute what one process of 16 does
+    r0, r1 = _two_ranks(tmp_path / "full", GROWING)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert r0["G.growth_state"].tolist() == [2.0, 0.0]  # the last step began the fade to 16 px
+    assert _max_diff(r0, _one_process(tmp_path / "one", GROWING)) <= 1e-5
+    split = tmp_path / "split"  # stopped after 3 steps, mid-fade (the next at alpha 2/3), relaunched
+    for run, params in (("a", GROWING | {"steps": 3}), ("b", GROWING)):
+        (split / run).mkdir(parents=True)
+        if run == "b":
+            (split / "a" / "out").rename(split / "b" / "out")
+        mp.spawn(_rank, args=(2, (split / run / "rendezvous").as_uri(), params, str(split / run)), nprocs=2,
+                 join=True)  # fmt: skip
+    assert _max_diff(torch.load(split / "b" / "rank0.pt"), r0) == 0.0
+    assert torch.load(split / "b" / "result0.pt")["history"] == K

@@ -43,7 +43,7 @@ class GANConfig:
     latent_dim: int = 64  # Z
     ngf: int = 32  # generator width (channels before the output layer)
     ndf: int = 32  # discriminator width (channels after the first layer)
-    arch: str = "dcgan"  # dcgan | msg (multi-scale gradients) | fastgan (models/fastgan.py)
+    arch: str = "dcgan"  # dcgan | msg (multi-scale gradients) | fastgan | progressive (their modules)
     spectral_norm: bool = False  # spectral normalisation on every D conv (and no BatchNorm in D)
     mbstd: bool = False  # minibatch standard-deviation channel before D's last conv
     class_counts: tuple[int, ...] = ()  # images per class of a class-conditional pair (() = unconditional)
@@ -58,8 +58,8 @@ class GANConfig:
         s = self.image_size
         if s < 8 or s & (s - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {s}")
-        if self.arch not in ("dcgan", "msg", "fastgan"):
-            raise ValueError(f"arch must be dcgan, msg or fastgan, got {self.arch!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.arch == "fastgan" and (self.class_counts or s < 16):
             raise ValueError("fastgan is unconditional (no class_counts) and needs image_size >= 16")
         if self.g_norm not in ("batch", "none"):
@@ -95,6 +95,8 @@ class GANConfig:
         takes its :data:`LEGACY` value, the one that rebuilds the nets that version had."""
         return cls(**{**LEGACY, **d})
 
+
+ARCHS = ("dcgan", "msg", "fastgan", "progressive")  # the families models/ builds (config's `auto` picks one)
 
 # Options added after the first registered versions, at the value that reproduces a version without the key.
 # New options go here with their legacy value, so every older checkpoint, export and registered version
@@ -346,8 +348,8 @@ def init_weights(m: nn.Module) -> None:
 def build(cfg: GANConfig) -> tuple[BaseGenerator, nn.Module]:
     """Both nets of ``cfg.arch``, DCGAN-initialised (draws from torch's global RNG: seed it first)."""
     g, d = generator_for(cfg), discriminator_for(cfg)
-    g.apply(init_weights)
-    d.apply(init_weights)
+    g.apply(getattr(g, "weight_init", init_weights))  # a family may bring its own (progressive: He)
+    d.apply(getattr(d, "weight_init", init_weights))
     return g, d
 
 
@@ -357,6 +359,10 @@ def generator_for(cfg: GANConfig) -> BaseGenerator:
         from ganops.models.fastgan import FastGenerator
 
         return FastGenerator(cfg)
+    if cfg.arch == "progressive":
+        from ganops.models.progressive import ProGenerator
+
+        return ProGenerator(cfg)
     return Generator(cfg)
 
 
@@ -366,6 +372,10 @@ def discriminator_for(cfg: GANConfig) -> nn.Module:
         from ganops.models.fastgan import FastDiscriminator
 
         return FastDiscriminator(cfg)
+    if cfg.arch == "progressive":
+        from ganops.models.progressive import ProDiscriminator
+
+        return ProDiscriminator(cfg)
     return Discriminator(cfg)
 
 
