@@ -13,6 +13,8 @@ the sheets show the photos themselves, which may not ship, so git ignores them (
     python bench/own_photos.py --root ../shared/data/own-photos --minutes 10              # dcgan, msg at 64 px
     python bench/own_photos.py --root ... --variants dcgan --minutes 30 --size 128 --tag 128
     python bench/own_photos.py --root ... --variants dcgan_resize,dcgan_resize_color --tag 64_resize
+    python bench/own_photos.py --root ... --variants progressive --tag 64_progressive
+    python bench/own_photos.py --root ... --variants auto --size 128 --minutes 20 --tag 128
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # FastGAN with its paper's augmentation (colour + translation); unconditional (auto turns it off)
     "fastgan": {"arch": "fastgan", "diffaugment": ["color", "translation"]},
     "fastgan_color": {"arch": "fastgan", "diffaugment": ["color"]},
+    # ProGAN's growing pair, grown to 64 px by step 675 (4 -> 8 -> 16 -> 32 -> 64), then at 64 px; conditional
+    "progressive": {"arch": "progressive", "diffaugment": ["color", "translation"], "grow_fade_steps": 75,
+                    "grow_stable_steps": 75},
+    # what `gan.arch: auto` trains at >= 64 px (fastgan), with the augmentation the README recommends for it
+    "auto": {"arch": "auto", "diffaugment": ["color", "translation"]},
 }
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -81,7 +88,7 @@ def run_variant(name: str, p: GanParams, images: torch.Tensor, labels: torch.Ten
             "artifact_floor", "spectrum_distance", "baseline_spectrum_distance", "spectrum_floor", "copy_rate",
             "baseline_copy_rate", "precision", "recall", "baseline_precision", "baseline_recall", "domain_fid",
             "baseline_fid", "coverage", "baseline_coverage", "classifier_note")  # fmt: skip
-    row = {"variant": name, "steps": r.step, "train_seconds": round(seconds, 1), "img_per_s": round(imgs / seconds, 1),
+    row = {"variant": name, "arch": G.cfg.arch, "steps": r.step, "train_seconds": round(seconds, 1), "img_per_s": round(imgs / seconds, 1),
            "eval_seconds": round(eval_s, 1)} | {k: m[k] for k in keep if k in m}  # fmt: skip
     print(json.dumps(row), flush=True)
     return row

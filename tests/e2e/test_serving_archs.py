@@ -1,6 +1,7 @@
-"""Every generator family exports, registers and is served at full size: a fastgan (3 channels, 32 px) and a
-dcgan with resize upsampling (1 channel, 16 px), trained tiny, registered in one registry; `bentoml serve`
-follows the alias from one to the other, and each answers /generate with its own full-size images, exactly
+"""Every generator family exports, registers and is served at full size: a fastgan (3 channels, 32 px), a
+dcgan with resize upsampling (1 channel, 16 px) and a class-conditional progressive pair stopped before its
+last level (1 channel, 16 px, drawn at 4 px), trained tiny, registered in one registry; `bentoml serve`
+follows the alias from one to the next, and each answers /generate with its own full-size images, exactly
 what the exported generator draws for that seed."""
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _register(tmp: Path, name: str, data: DataParams, **gan) -> tuple[dict, Path
     ), r.export
 
 
-def test_fastgan_and_resize_generators_are_served_at_full_size():
+def test_fastgan_resize_and_progressive_generators_are_served_at_full_size():
     tmp = Path(tempfile.mkdtemp(prefix="ganops-serve-archs-"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -47,6 +48,8 @@ def test_fastgan_and_resize_generators_are_served_at_full_size():
             tmp, "fast", DataParams(image_size=32, channels=3, limit=32), arch="fastgan"
         )
         resize, resize_dir = _register(tmp, "resize", DataParams(image_size=16, limit=32), upsample="resize")
+        grow = {"arch": "progressive", "conditional": "auto", "grow_fade_steps": 4, "grow_stable_steps": 1}
+        pro, pro_dir = _register(tmp, "pro", DataParams(image_size=16, limit=32), **grow)
         set_alias("ganops-generator", "champion", fast["version"])
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
@@ -55,11 +58,12 @@ def test_fastgan_and_resize_generators_are_served_at_full_size():
             for facts, folder, shape in (
                 (fast, fast_dir, (3, 32, 32, 3)),
                 (resize, resize_dir, (3, 16, 16, 1)),
+                (pro, pro_dir, (3, 16, 16, 1)),
             ):
-                if facts is resize:
+                if facts is not fast:
                     os.environ["MLFLOW_TRACKING_URI"] = uri
                     try:
-                        set_alias("ganops-generator", "champion", resize["version"])
+                        set_alias("ganops-generator", "champion", facts["version"])
                     finally:
                         del os.environ["MLFLOW_TRACKING_URI"]
                     assert httpx.post(base + "/reload", json={}, timeout=60).status_code == 200
@@ -72,6 +76,8 @@ def test_fastgan_and_resize_generators_are_served_at_full_size():
                     want = G(seeded_noise(3, 8, 5)).permute(0, 2, 3, 1)  # (3, S, S, C) in [-1, 1]
                 want = ((want + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
                 assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # the export's own images
+                if facts is pro:  # 2 of 21 steps: still at 8 px, fading in at alpha 0, so 4-px squares
+                    assert G.cfg.n_classes >= 2 and (got == got[:, ::4, ::4].repeat(4, 1).repeat(4, 2)).all()
                 info = httpx.post(base + "/model", json={}, timeout=30).json()
                 assert info["image_size"] == shape[1] and info["channels"] == shape[3]
     finally:
