@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from serving.batcher import Batcher, forward
 
-from ganops.models.gan import GANConfig, Generator
+from ganops.models.dcgan import Generator
+from ganops.models.gan import GANConfig
 
 
 def _G() -> torch.nn.Module:
