@@ -5,6 +5,8 @@
    from the loop's own report, first window dropped.
 2. A data-parallel smoke run over nccl: `ganops.distributed` with one rank per visible GPU (torchrun's
    environment set by ``torch.multiprocessing``), a few steps, ranks' weights compared.
+   Each generator family (dcgan, dcgan with resize upsampling, msg, fastgan, progressive) at 64 and 128 px,
+   3 channels, batch 64, bf16: img/s of the loop at its default widths (progressive grown by step 9).
 3. `/generate` from a live `bentoml serve` with ``GANOPS_DEVICE=cuda`` (a throwaway champion): 16 clients x
    n=16 images/s next to ``GANOPS_DEVICE=cpu`` on the same machine.
 
@@ -36,9 +38,9 @@ from ganops.distributed import Place  # noqa: E402
 from ganops.train_gan import Hooks, fit  # noqa: E402
 
 
-def _images(size: int, n: int = 4096) -> torch.Tensor:
+def _images(size: int, n: int = 4096, channels: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
 
 
 def training(device: str, size: int, batch: int, amp: bool, steps: int) -> float:
@@ -48,6 +50,21 @@ def training(device: str, size: int, batch: int, amp: bool, steps: int) -> float
     with tempfile.TemporaryDirectory() as tmp:
         r = fit(_images(size, max(4096, 2 * batch)), p, tmp, device=device, progress=False)
     return statistics.mean(row["img_per_s"] for row in r.history[1:])
+
+
+ARCHS = {"dcgan": {"arch": "dcgan"}, "dcgan_resize": {"arch": "dcgan", "upsample": "resize"}, "msg": {"arch": "msg"},
+         "fastgan": {"arch": "fastgan"}, "progressive": {"arch": "progressive"}}  # fmt: skip
+
+
+def family(device: str, arch: str, size: int, steps: int) -> float:
+    """img/s of one family's loop at the params' defaults (3 channels, batch 64, bf16), after the first window;
+    progressive grows one phase per step (full size from step 9 at 64 px, 11 at 128), past its first windows."""
+    grow = {"grow_fade_steps": 1, "grow_stable_steps": 1}
+    p = GanParams(**(ARCHS[arch] | grow), batch_size=64, steps=steps, amp=device != "cpu", log_every=max(1, steps // 4),
+                  sample_every=10**6, checkpoint_every=10**6, monitor_every=0, resume=False)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        r = fit(_images(size, 1024, channels=3), p, tmp, device=device, progress=False)
+    return statistics.mean(row["img_per_s"] for row in r.history[-2:])
 
 
 def _rank(rank: int, world: int, init: str, device_type: str, out: str) -> None:
@@ -125,6 +142,12 @@ def main() -> None:
             key = f"{size}px_batch{batch}_{'bf16' if amp else 'fp32'}"
             result["training_img_per_s"][key] = training(a.device, size, batch, amp, steps)
             print(key, f"{result['training_img_per_s'][key]:.0f} img/s", flush=True)
+    result["families_img_per_s"] = {}
+    for size in (64,) if a.quick else (64, 128):
+        for arch in ARCHS:
+            key = f"{arch}_{size}px"
+            result["families_img_per_s"][key] = family(a.device, arch, size, 24 if a.quick else 200)
+            print(key, f"{result['families_img_per_s'][key]:.0f} img/s", flush=True)
     result["ddp"] = ddp_smoke(torch.device(a.device).type)
     print("ddp", result["ddp"], flush=True)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")

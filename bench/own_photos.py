@@ -51,8 +51,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fastgan": {"arch": "fastgan", "diffaugment": ["color", "translation"]},
     "fastgan_color": {"arch": "fastgan", "diffaugment": ["color"]},
     # ProGAN's growing pair, grown to 64 px by step 675 (4 -> 8 -> 16 -> 32 -> 64), then at 64 px; conditional
-    "progressive": {"arch": "progressive", "diffaugment": ["color", "translation"], "grow_fade_steps": 75,
-                    "grow_stable_steps": 75},
+    "progressive": {
+        "arch": "progressive",
+        "diffaugment": ["color", "translation"],
+        "grow_fade_steps": 75,
+        "grow_stable_steps": 75,
+    },
     # what `gan.arch: auto` trains at >= 64 px (fastgan), with the augmentation the README recommends for it
     "auto": {"arch": "auto", "diffaugment": ["color", "translation"]},
 }

@@ -224,6 +224,8 @@ def test_stylize_and_sheet(project, isolated_tracking):
     m = json.loads((project / "metrics/stylize/starry_night.json").read_text())
     assert m["extractor"] == "vgg19-caffe-q8" and set(m["pairs"]) == {"china", "flower"}
     assert m["pairs"]["china"]["final_total"] < m["pairs"]["china"]["start_total"]
+    colour = {"colour_distance", "colour_distance_photo", "chroma", "style_chroma", "photo_chroma"}
+    assert colour <= set(m["pairs"]["china"]) and m["pairs"]["china"]["colour_distance"] > 0
     fast = ["-S", "style.method=fast", "-S", "style.fast_steps=3", "-S", "style.fast_width=4"]
     for style in ("the_scream", "shipwreck"):
         r = runner.invoke(app, ["stylize", "--style", style, "--no-progress", *STYLE_TINY, *fast])
@@ -290,6 +292,9 @@ def test_stylize_image_one_pair_logged_like_the_stage(project, isolated_tracking
     assert run.data.params["style.tv_weight"] == "0.0" and run.data.params["style.style_weight"] == "3.0"
     assert run.data.metrics["final_total"] < run.data.metrics["start_total"]
     assert [a.path for a in c.list_artifacts(run.info.run_id, "stylized")] == ["stylized/styled.png"]
+    # the colour metrics: a saturated blue photo (chroma ~50 in Lab), the result between it and the painting
+    m = run.data.metrics
+    assert m["photo_chroma"] > 40 and m["colour_distance"] > 0 and m["colour_distance_photo"] > 0
 
 
 def test_stylize_image_bad_input_is_a_clear_error_and_writes_nothing(project):

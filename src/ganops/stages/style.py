@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ganops.artifacts import save_folder
+from ganops.colour import chroma, colour_distance
 from ganops.config import Params
 from ganops.images import save_image
 from ganops.models.style import TransformerNet, VGGFeatures, build_vgg, load_style_net
@@ -197,10 +198,27 @@ def stylize_pair(
             metrics = {f"final_{k}": v for k, v in r.losses.items()}
             metrics |= {"start_total": r.start_total, "evaluations": float(r.evaluations)}
         metrics["seconds"] = time.perf_counter() - t0
+        metrics |= colour_metrics(result, img, job.styles)
         saved = save_image(result, out)
         run.log_metrics(metrics)
         run.log_artifact(saved, "stylized")
     return StyledPair(saved, metrics, run.run_id, job.vgg.name)
+
+
+def colour_metrics(
+    result: torch.Tensor, photo: torch.Tensor, styles: list[tuple[torch.Tensor, float]]
+) -> dict[str, float]:
+    """How the result's colours compare with the paintings' (and the photo's): ``colour_distance`` (Lab
+    sliced Wasserstein to the paintings, weighted as blended), ``colour_distance_photo``, and the mean
+    chroma of the result, the paintings and the photo (a pale result has a low ``chroma``)."""
+    total = sum(w for _, w in styles)
+    return {
+        "colour_distance": sum(w * colour_distance(result, s) for s, w in styles) / total,
+        "colour_distance_photo": colour_distance(result, photo),
+        "chroma": chroma(result),
+        "style_chroma": sum(w * chroma(s) for s, w in styles) / total,
+        "photo_chroma": chroma(photo),
+    }
 
 
 def stylize(
