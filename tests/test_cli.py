@@ -283,7 +283,7 @@ def test_stylize_image_one_pair_logged_like_the_stage(project, isolated_tracking
     assert r.exit_code == 0, r.output
     assert "photo.jpg x the_scream.jpg -> out/styled.png (features vgg19-caffe-q8, loss" in r.output
     out = Image.open(project / "out/styled.png")
-    assert out.size == (32, 24)  # style.size is the long side
+    assert out.size == (48, 36)  # the photo's own size (under --size 512), reached from style.size (32 px)
     assert np.asarray(out).astype(float).std() > 1  # the flat blue photo took on texture
     c = MlflowClient(isolated_tracking)
     (run,) = c.search_runs([c.get_experiment_by_name("ganops-stylize").experiment_id])
@@ -295,6 +295,14 @@ def test_stylize_image_one_pair_logged_like_the_stage(project, isolated_tracking
     # the colour metrics: a saturated blue photo (chroma ~50 in Lab), the result between it and the painting
     m = run.data.metrics
     assert m["photo_chroma"] > 40 and m["colour_distance"] > 0 and m["colour_distance_photo"] > 0
+    # --size caps the long side (coarse to fine from 32 px); under 16 px is a clear error
+    args = ["photo.jpg", "data/paintings/the_scream.jpg", "--no-progress", *STYLE_TINY]
+    r = CliRunner().invoke(app, ["stylize-image", *args, "-o", "out/small.png", "--size", "40"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(project / "out/small.png").size == (40, 30)
+    r = CliRunner().invoke(app, ["stylize-image", *args, "-o", "out/tiny.png", "--size", "8"])
+    assert r.exit_code == 2 and "--size 8: the long side must be at least 16 px" in r.output
+    assert not (project / "out/tiny.png").exists()
 
 
 def test_stylize_image_bad_input_is_a_clear_error_and_writes_nothing(project):

@@ -12,6 +12,7 @@ from ganops.stylize import (
     keep_luminance,
     load_image,
     match_colors,
+    print_ladder,
     to_yiq,
     train_fast,
 )
@@ -64,6 +65,16 @@ def test_multiscale_and_blend(vgg):
     styles = [(torch.rand(1, 3, 32, 32), 0.7), (torch.rand(1, 3, 16, 16), 0.3)]
     r = gatys(content, styles, vgg, P.model_copy(update={"scales": [0.5, 1.0], "steps": 10}))
     assert r.image.shape == (1, 3, 32, 32) and r.evaluations == 20
+
+
+def test_print_ladder_doubles_from_the_working_size_to_the_print_size(vgg):
+    assert print_ladder(160, 512, 80, 20) == [(160, 80), (320, 20), (512, 20)]
+    assert print_ladder(160, 1024, 80, 20) == [(160, 80), (320, 20), (640, 20), (1024, 20)]
+    assert print_ladder(160, 160, 80, 20) == [(160, 80)] and print_ladder(90, 90, 80, 20) == [(90, 80)]
+    # gatys follows a ladder: the result at its last side, the evaluations each scale was given
+    content = torch.rand(1, 3, 30, 40)
+    r = gatys(content, [(torch.rand(1, 3, 32, 32), 1.0)], vgg, P, ladder=print_ladder(16, 40, 6, 3))
+    assert r.image.shape == (1, 3, 30, 40) and r.evaluations == 6 + 3 + 3  # 16 -> 32 -> 40 px
 
 
 def test_luminance_keeps_the_content_chroma(vgg):

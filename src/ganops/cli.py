@@ -264,13 +264,20 @@ def stylize_image(
     photo: Annotated[Path, typer.Argument(help="The photo to restyle.")],
     painting: Annotated[Path, typer.Argument(help="The painting (any style image) whose style to take.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the result (PNG).")],
+    size: Annotated[
+        int,
+        typer.Option(
+            help="Long side of the result in px (the photo's own when smaller); "
+            "reached coarse to fine from style.size."
+        ),
+    ] = stages.style.PRINT_SIDE,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     progress: Progress = True,
 ) -> None:
-    """Style one PHOTO like one PAINTING with the style.* params (Gatys) -> OUT, logged to MLflow."""
+    """Style one PHOTO like one PAINTING with the style.* params (Gatys) -> OUT at print size, logged to MLflow."""
     p = _params(params, set_)
-    r = _run(lambda: stages.stylize_image(p, photo, painting, out, progress=progress))
+    r = _run(lambda: stages.stylize_image(p, photo, painting, out, progress=progress, size=size))
     m = r.metrics
     typer.echo(f"{photo.name} x {painting.name} -> {r.output} (features {r.extractor}, loss {m['start_total']:.3g} -> "
                f"{m['final_total']:.3g}, {m['seconds']:.0f} s; MLflow run {r.run_id})")  # fmt: skip

@@ -131,20 +131,21 @@ def _optimise(
     losses: dict[str, float],
     history: list[float],
     desc: str | None,
+    steps: int,
 ) -> torch.Tensor:
-    """Run ``p.steps`` loss evaluations of L-BFGS (or Adam steps) on the pixels, from ``x0``.
+    """Run ``steps`` loss evaluations of L-BFGS (or Adam steps) on the pixels, from ``x0``.
 
     Returns the best image evaluated (L-BFGS without line search can overshoot on its first steps), and
     leaves that image's loss terms in ``losses``.
     """
     x = x0.detach().contiguous().requires_grad_(True)
     best: dict = {"total": math.inf}
-    bar = tqdm(total=p.steps, desc=desc, unit="eval", disable=desc is None, mininterval=1.0)
+    bar = tqdm(total=steps, desc=desc, unit="eval", disable=desc is None, mininterval=1.0)
     opt: torch.optim.Optimizer
     if p.optimizer == "lbfgs":
         # no line search: one evaluation per iteration, which measured better per evaluation here
         # (bench/style_transfer.py) than strong-Wolfe under the in-closure clamp
-        opt = torch.optim.LBFGS([x], lr=p.lr, max_iter=p.steps, max_eval=p.steps, history_size=100,
+        opt = torch.optim.LBFGS([x], lr=p.lr, max_iter=steps, max_eval=steps, history_size=100,
                                 tolerance_grad=0.0, tolerance_change=0.0)  # fmt: skip
     else:
         opt = torch.optim.Adam([x], lr=p.lr)
@@ -170,7 +171,7 @@ def _optimise(
     if p.optimizer == "lbfgs":
         opt.step(closure)  # type: ignore[arg-type]
     else:
-        for _ in range(p.steps):
+        for _ in range(steps):
             opt.step(closure)  # type: ignore[arg-type]
     bar.close()
     if "x" not in best:  # every evaluation was NaN/inf: keep the start, say so through the losses
@@ -188,14 +189,18 @@ def gatys(
     *,
     seed: int = 0,
     progress: bool = False,
+    ladder: list[tuple[int, int]] | None = None,
 ) -> StyleResult:
     """Optimise an image with ``content``'s structure and the blended ``styles``' textures.
 
     Args:
-        content: (1, 3, H, W) in [0, 1]; resized so its longer side is ``p.size``.
+        content: (1, 3, H, W) in [0, 1]; resized so its longer side is ``p.size`` (the ladder's last side).
         styles: [(image, blend weight)]; each resized to ``p.style_scale`` x the working size.
         vgg: feature extractor holding ``p.content_layer`` and ``p.style_layers``.
         p: the ``style`` params group (weights, init, optimizer, steps = loss evaluations per scale).
+        ladder: [(long side, loss evaluations)] coarse to fine, each scale starting from the previous
+            result upsampled; default ``p.scales`` x ``p.size`` with ``p.steps`` each (:func:`print_ladder`
+            builds one for a print-size result).
     """
     g = torch.Generator().manual_seed(seed)
     if p.preserve_color == "match":
@@ -203,8 +208,8 @@ def gatys(
     x: torch.Tensor | None = None
     history: list[float] = []
     losses: dict[str, float] = {}
-    for scale in p.scales:  # coarse to fine: each scale starts from the previous result, upsampled
-        side = max(16, round(p.size * scale))
+    ladder = ladder or [(max(16, round(p.size * scale)), p.steps) for scale in p.scales]
+    for side, steps in ladder:  # coarse to fine: each scale starts from the previous result, upsampled
         c = resize_long(content, side)
         with torch.no_grad():
             c_feat = vgg(c, upto=p.content_layer)[p.content_layer]
@@ -214,12 +219,27 @@ def gatys(
             x = {"content": c.clone(), "noise": noise, "content+noise": (0.6 * c + 0.4 * noise)}[p.init]
         else:
             x = F.interpolate(x, size=c.shape[-2:], mode="bilinear", align_corners=False)
-        x = _optimise(x, c_feat, grams, vgg, p, losses, history, f"gatys {side}px" if progress else None)
+        desc = f"gatys {side}px" if progress else None
+        x = _optimise(x, c_feat, grams, vgg, p, losses, history, desc, steps)
     assert x is not None
     out = x.detach().clamp(0, 1)
     if p.preserve_color == "luminance":
         out = keep_luminance(out, content)
     return StyleResult(out, dict(losses), history[0] if history else math.nan, len(history), history)
+
+
+def print_ladder(working: int, target: int, steps: int, refine_steps: int) -> list[tuple[int, int]]:
+    """Coarse to fine up to a print-size long side ``target``: from the ``working`` size (``steps`` loss
+    evaluations, where the composition is decided), doubling, to ``target`` (``refine_steps`` at each
+    larger scale, where one evaluation costs (side / working)^2 as much: they refine texture and detail).
+    ``target`` <= ``working``: one scale at ``target``."""
+    sides = []
+    side = working
+    while side < target:
+        sides.append(side)
+        side *= 2
+    sides.append(target)
+    return [(s, steps if i == 0 else refine_steps) for i, s in enumerate(sides)]
 
 
 # ----------------------------------------------------------------------------- fast (Johnson et al.)

@@ -31,6 +31,7 @@ from ganops.stylize import (
     gatys,
     load_contents,
     load_image,
+    print_ladder,
     resize_long,
     style_inputs,
     train_fast,
@@ -177,12 +178,14 @@ def stylize_pair(
     out: Path | None = None,
     ctx: RunContext = RunContext(),
     progress: bool = False,
+    ladder: list[tuple[int, int]] | None = None,
 ) -> StyledPair:
     """One content x style pair in its own MLflow run: the fast net's forward pass, or Gatys's optimisation.
 
     Args:
         content: the photo (one of ``job.contents`` in the stage).
         out: where the PNG goes; default ``data/stylized/<style>/<photo stem>.png`` under ``at``.
+        ladder: Gatys's scales and evaluations (:func:`ganops.stylize.gatys`); default from ``style.*``.
     """
     img = load_image(content, p.style.max_side)
     out = out or at.stylized / job.style / f"{content.stem}.png"
@@ -193,7 +196,7 @@ def stylize_pair(
         if job.net is not None:  # at the working size, as it was trained and as gatys sizes its result
             result = fast_stylize(job.net, resize_long(img, p.style.size))
         else:
-            r = gatys(img, job.styles, job.vgg, p.style, seed=p.base.seed, progress=progress)
+            r = gatys(img, job.styles, job.vgg, p.style, seed=p.base.seed, progress=progress, ladder=ladder)
             result = r.image
             metrics = {f"final_{k}": v for k, v in r.losses.items()}
             metrics |= {"start_total": r.start_total, "evaluations": float(r.evaluations)}
@@ -246,6 +249,10 @@ def stylize(
     return written
 
 
+PRINT_SIDE = 512  # `stylize-image`'s default long side (--size): a print, not the stages' thumbnail
+REFINE_STEPS = 10  # loss evaluations at least at each scale above style.size (each costs (side / size)^2)
+
+
 def stylize_image(
     p: Params,
     photo: Path,
@@ -255,16 +262,26 @@ def stylize_image(
     *,
     ctx: RunContext = RunContext(),
     progress: bool = True,
+    size: int = PRINT_SIDE,
 ) -> StyledPair:
     """`ganops stylize-image`: one photo in one painting's style (Gatys): the stage's pair, for a job of one
-    photo whose style is the painting (named by its file stem), written to ``out``."""
+    photo whose style is the painting (named by its file stem), written to ``out``.
+
+    The result's long side is the photo's own, up to ``size`` (and ``style.max_side``, the input cap),
+    reached coarse to fine from ``style.size`` (:func:`ganops.stylize.print_ladder`): ``style.steps`` loss
+    evaluations there, :data:`REFINE_STEPS` (at least; ``style.steps`` / 4 when larger) at each doubling.
+    """
     sp = p.style
+    if size < 16:
+        raise StageError(f"--size {size}: the long side must be at least 16 px")
     if sp.method != "gatys":
         raise StageError("stylize-image optimises one picture (style.method=gatys); a fast net is trained "
                          "per style by `ganops stylize --style NAME -S style.method=fast`")  # fmt: skip
     if out.suffix.lower() != ".png":
         raise StageError(f"{out}: the output is written as PNG; give a file name ending in .png")
-    load_image(photo, sp.max_side)  # both images load before any work (the pair reads the photo again)
+    img = load_image(photo, sp.max_side)  # both images load before any work (the pair reads the photo again)
     job = StyleJob(painting.stem, [photo], [(load_image(painting, sp.max_side), 1.0)], _extractor(p))
     log.info("feature extractor: %s", job.vgg.name)
-    return stylize_pair(p, job, photo, at, out=out, ctx=ctx, progress=progress)
+    target = min(size, max(img.shape[-2:]))
+    ladder = print_ladder(min(sp.size, target), target, sp.steps, max(REFINE_STEPS, sp.steps // 4))
+    return stylize_pair(p, job, photo, at, out=out, ctx=ctx, progress=progress, ladder=ladder)
