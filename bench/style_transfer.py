@@ -3,6 +3,7 @@
     python bench/style_transfer.py sheets                  # labelled sheets + losses per feature extractor
     python bench/style_transfer.py fast                    # fast-net training step vs pytorch/examples; loss vs Gatys
     python bench/style_transfer.py gatys                   # Gatys vs the PyTorch tutorial's recipe (time, loss)
+    python bench/style_transfer.py colour --photos DIR     # colour fidelity of variants (Lab distance, chroma)
 
 `sheets`: every photo x painting through Gatys with each extractor's calibrated default weights
 (config.CALIBRATED_WEIGHTS) at the demo's size and evaluations; one labelled sheet per extractor
@@ -231,6 +232,55 @@ def sheets(a: argparse.Namespace) -> dict:
     return {"size": a.size, "steps": a.steps, "per_extractor": out}
 
 
+# ----------------------------------------------------------------------------- colour fidelity
+
+COLOUR_VARIANTS = {  # style.* overrides; "default" is params.yaml's
+    "default": {},
+    "palette": {"init": "palette"},  # start from the photo in the painting's colours
+    "tv1": {"tv_weight": 1.0},  # a tenth of the calibrated smoothness
+}
+
+
+def colour(a: argparse.Namespace) -> dict:
+    """Every photo x painting through Gatys per variant: the Lab colour distance to the painting (and to
+    the photo), the chroma of result / painting / photo, and the loss terms under the default weights (one
+    scale for every variant). One sheet per variant of the demo's photos (the only ones that may ship)."""
+    from ganops.stages.style import colour_metrics
+
+    demo = photos(None)
+    contents = demo + [(f.stem, load_image(f, 512)) for f in (list_images(a.photos) if a.photos else [])]
+    paintings = [(f.stem, load_image(f, 512)) for f in list_images(a.paintings)]
+    base = StyleParams(size=a.size, steps=a.steps)
+    vgg = build_vgg(base.weights, [base.content_layer, *base.style_layers])
+    out: dict = {}
+    for variant in a.variants:
+        p = StyleParams.model_validate(base.model_dump() | COLOUR_VARIANTS[variant])
+        columns, pairs = [], {}
+        for name, style in paintings:
+            col = SheetStyle(name, [(name, style, 1.0)])
+            for photo, content in contents:
+                r = gatys(content, [(style, 1.0)], vgg, p)
+                m = colour_metrics(r.image, resize_long(content, a.size), [(style, 1.0)])
+                pairs[f"{name}/{photo}"] = {k: round(v, 3) for k, v in m.items()} | {
+                    f"loss_{k}": round(v, 4)
+                    for k, v in pair_score(r.image, content, style, vgg, base).items()
+                }
+                if photo in {n for n, _ in demo}:
+                    col.results.append(r.image)
+                print(variant, name, photo, pairs[f"{name}/{photo}"], flush=True)
+            columns.append(col)
+        rows = list(pairs.values())
+        mean = {k: round(statistics.mean(r[k] for r in rows), 3) for k in rows[0]}
+        png = RESULTS / f"style_colour_{variant}.jpg"
+        caption = (
+            f"{variant}\n{p.size} px, {p.steps} evals\ncolour distance\n{mean['colour_distance']:.1f} (mean)"
+        )
+        save_jpg(labelled_sheet(demo, columns, tile=a.tile, caption=caption), png)
+        out[variant] = {"overrides": COLOUR_VARIANTS[variant], "mean": mean, "sheet": str(png.relative_to(ROOT)),
+                        "pairs": pairs}  # fmt: skip
+    return {"size": a.size, "steps": a.steps, "variants": out}
+
+
 # ----------------------------------------------------------------------------- fast nets
 
 
@@ -325,6 +375,14 @@ def main() -> None:
     sub.choices["sheets"].add_argument("--tile", type=int, default=200)
     sub.choices["sheets"].add_argument("--style-weight", type=float, help="instead of the calibrated one")
     sub.choices["sheets"].add_argument("--tv-weight", type=float, help="instead of the calibrated one")
+    c = sub.add_parser("colour", help="colour fidelity of Gatys variants")
+    c.add_argument("--variants", nargs="+", default=list(COLOUR_VARIANTS), choices=list(COLOUR_VARIANTS))
+    c.add_argument("--size", type=int, default=160)
+    c.add_argument("--steps", type=int, default=80)
+    c.add_argument("--paintings", type=Path, default=ROOT / "data/paintings")
+    c.add_argument("--photos", type=Path, help="more content photos (numbers only, not on the sheets)")
+    c.add_argument("--tile", type=int, default=160)
+    c.add_argument("--out", type=Path, default=RESULTS / "style_colour.json")
     f = sub.choices["fast"]
     f.add_argument("--style", default="starry_night", help="painting (file stem in --paintings)")
     f.add_argument("--batch", type=int, default=4)
@@ -336,7 +394,7 @@ def main() -> None:
     f.add_argument("--held-out", type=Path, help="photos the fast net is not trained on, scored the same way")
     a = ap.parse_args()
     torch.manual_seed(0)
-    res = {"gatys": gatys_vs_tutorial, "sheets": sheets, "fast": fast}[a.cmd](a)
+    res = {"gatys": gatys_vs_tutorial, "sheets": sheets, "fast": fast, "colour": colour}[a.cmd](a)
     res |= {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine()}  # fmt: skip
     print(json.dumps(res, indent=2))

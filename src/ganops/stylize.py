@@ -81,7 +81,8 @@ def keep_luminance(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
 
 
 def match_colors(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """Colour matching: give the style image the content's per-channel mean and covariance (before transfer)."""
+    """Colour matching: give the style image the content's per-channel mean and covariance (before transfer).
+    (Either way round: ``match_colors(photo, painting)`` is the photo in the painting's colours.)"""
     s, c = style.reshape(3, -1), content.reshape(3, -1)
     ms, mc = s.mean(1, keepdim=True), c.mean(1, keepdim=True)
     cs, cc = torch.cov(s) + 1e-5 * torch.eye(3), torch.cov(c) + 1e-5 * torch.eye(3)
@@ -216,7 +217,10 @@ def gatys(
         grams = style_targets(styles, vgg, list(p.style_layers), round(side * p.style_scale))
         if x is None:
             noise = torch.rand(c.shape, generator=g)
-            x = {"content": c.clone(), "noise": noise, "content+noise": (0.6 * c + 0.4 * noise)}[p.init]
+            if p.init == "palette":  # the photo in the painting's colours (the heaviest of a blend)
+                x = match_colors(c, max(styles, key=lambda sw: sw[1])[0])
+            else:
+                x = {"content": c.clone(), "noise": noise, "content+noise": (0.6 * c + 0.4 * noise)}[p.init]
         else:
             x = F.interpolate(x, size=c.shape[-2:], mode="bilinear", align_corners=False)
         desc = f"gatys {side}px" if progress else None
