@@ -50,6 +50,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # FastGAN with its paper's augmentation (colour + translation); unconditional (auto turns it off)
     "fastgan": {"arch": "fastgan", "diffaugment": ["color", "translation"]},
     "fastgan_color": {"arch": "fastgan", "diffaugment": ["color"]},
+    # D anti-aliased (a [1,3,3,1] blur before each strided conv): the suspect the issue names for the texture
+    "fastgan_aa": {"arch": "fastgan", "diffaugment": ["color", "translation"], "d_antialias": True},
     # ProGAN's growing pair, grown to 64 px by step 675 (4 -> 8 -> 16 -> 32 -> 64), then at 64 px; conditional
     "progressive": {
         "arch": "progressive",

@@ -158,6 +158,7 @@ STABILISERS = {
     "d_steps": {"d_steps": 2},
     "msg": {"arch": "msg"},
     "resize": {"upsample": "resize"},
+    "antialias": {"d_antialias": True, "spectral_norm": True},
     "msg_resize": {"arch": "msg", "upsample": "resize"},
     "fastgan": {"arch": "fastgan", "loss": "hinge", "ema_decay": 0.9, "diffaugment": ["color", "translation"]},
     # 6 steps: 4 px, fading to 8 px (alpha 0, 0.5), 8 px, fading to 16 px: the stop at 3 is at a phase change
@@ -462,7 +463,9 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes_at_its_legacy_val
     fit(images, tiny(steps=2), tmp_path, progress=False)
     state, conf = load_checkpoint(tmp_path / "checkpoint.pt")
     older = {k: v for k, v in conf["settings"].items() if k not in ("amp", "world_size")}
-    older["model"] = {k: v for k, v in older["model"].items() if k not in ("g_norm", "upsample")}
+    older["model"] = {
+        k: v for k, v in older["model"].items() if k not in ("g_norm", "upsample", "d_antialias")
+    }
     save_checkpoint(tmp_path / "checkpoint.pt", state, {"settings": older})
     assert fit(images, tiny(steps=4), tmp_path, progress=False).resumed_from == 2
     # ... but not under settings that differ from the legacy values (amp on, G without BatchNorm)
@@ -470,6 +473,8 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes_at_its_legacy_val
     assert fit(images, tiny(steps=4, g_norm="none"), tmp_path, progress=False).resumed_from == 0
     save_checkpoint(tmp_path / "checkpoint.pt", state, {"settings": older})
     assert fit(images, tiny(steps=4, upsample="resize"), tmp_path, progress=False).resumed_from == 0
+    save_checkpoint(tmp_path / "checkpoint.pt", state, {"settings": older})
+    assert fit(images, tiny(steps=4, d_antialias=True), tmp_path, progress=False).resumed_from == 0
 
 
 def test_a_collapsed_monitor_result_logs_a_warning(images, tmp_path, caplog):

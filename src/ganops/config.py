@@ -83,6 +83,7 @@ class GanParams(_Group):
     spectral_norm: bool = False
     g_norm: Literal["batch", "none"] = "batch"
     upsample: Literal["transposed", "resize"] = "transposed"
+    d_antialias: bool = False
     mbstd: bool = True
     conditional: Literal["auto"] | bool = "auto"
     diffaugment: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
@@ -127,6 +128,7 @@ PLAIN_DCGAN: dict[str, Any] = {
     "spectral_norm": False,
     "g_norm": "batch",
     "upsample": "transposed",
+    "d_antialias": False,
     "mbstd": False,
     "conditional": False,
     "diffaugment": [],

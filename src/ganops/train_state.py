@@ -45,7 +45,17 @@ _NOT_SETTINGS = {
     "nproc",
 }  # fmt: skip  (nproc: what shapes the weights is the world size, added below)
 _GROW_KEYS = {"grow_fade_steps", "grow_stable_steps"}
-_MODEL_KEYS = {"latent_dim", "ngf", "ndf", "arch", "spectral_norm", "g_norm", "upsample", "mbstd"}
+_MODEL_KEYS = {
+    "latent_dim",
+    "ngf",
+    "ndf",
+    "arch",
+    "spectral_norm",
+    "g_norm",
+    "upsample",
+    "d_antialias",
+    "mbstd",
+}
 # Settings added after the first checkpoints, at the value that reproduces a checkpoint without the key (the
 # model's own options: models.gan.LEGACY). One rule: a key an older checkpoint lacks takes its legacy value.
 LEGACY: dict[str, Any] = {"amp": False, "world_size": 1}

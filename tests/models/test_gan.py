@@ -230,3 +230,31 @@ def test_a_config_without_upsample_is_transposed_and_loads(tmp_path):
     assert torch.equal(G.eval()(z), G2(z))
     with pytest.raises(ValueError, match="upsample"):
         GANConfig(upsample="bilinear")
+
+
+def test_blur_is_a_normalised_low_pass_and_sits_before_every_strided_conv_of_d():
+    from ganops.models.dcgan import Discriminator
+    from ganops.models.fastgan import FastDiscriminator
+    from ganops.models.gan import Blur
+
+    blur = Blur(2)
+    flat = torch.full((1, 2, 8, 8), 0.7)
+    assert blur(flat).shape == (1, 2, 8, 8) and torch.allclose(
+        blur(flat)[..., 2:-2, 2:-2], flat[..., 2:-2, 2:-2]
+    )
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1  # the highest frequency
+    assert blur(checker.expand(1, 2, 8, 8))[..., 2:-2, 2:-2].abs().max() < 1e-6  # removed entirely
+    assert Blur(3).state_dict() == {}  # a fixed filter, not a weight: exports keep their keys
+    for D, n_strided in (
+        (Discriminator(GANConfig(image_size=32, d_antialias=True)), 3),
+        (Discriminator(GANConfig(image_size=32, arch="msg", d_antialias=True, channels=3)), 3),
+        (FastDiscriminator(GANConfig(image_size=32, arch="fastgan", d_antialias=True, channels=3)), 2),
+    ):
+        mods = list(D.modules())
+        strided = [i for i, m in enumerate(mods) if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+        assert len(strided) == n_strided
+        assert all(isinstance(mods[i - 1], Blur) for i in strided), type(D).__name__
+        x = torch.rand(4, D.cfg.channels, 32, 32)
+        pyramid = [torch.nn.functional.avg_pool2d(x, 32 // side) for side in D.cfg.scales]  # [x] but for msg
+        assert D(pyramid).shape == (4,)
+    assert not any(isinstance(m, Blur) for m in Discriminator(GANConfig(image_size=32)).modules())

@@ -12,6 +12,7 @@ Options (all stored in :class:`GANConfig`, so a checkpoint rebuilds the nets tha
   intermediate resolution (1x1 conv "to-image" heads), D takes the whole pyramid, concatenating each scale
   to its features at that resolution, so gradients reach every G block directly. ``G(z)`` still returns the
   full-resolution image only (what serving uses); ``G.pyramid(z)`` returns all scales, coarse to fine.
+- ``d_antialias``: a [1,3,3,1] blur before each of D's strided convs (StyleGAN2's anti-aliasing).
 - ``upsample``: how G doubles a resolution. ``transposed`` (DCGAN's stride-2 4x4 transposed conv) or
   ``resize`` (nearest x2, then a 3x3 conv: no uneven overlap, so no checkerboard by construction; Odena et
   al. 2016); with ``resize`` the 1x1 -> 4x4 start is a linear layer, so G has no transposed conv at all.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganops.models.gan import BaseGenerator, GANConfig, MinibatchStd
+from ganops.models.gan import BaseGenerator, GANConfig, MinibatchStd, antialiased
 
 
 class Generator(BaseGenerator):
@@ -100,14 +101,16 @@ class Discriminator(nn.Module):
         bias = cfg.spectral_norm  # with BatchNorm a conv bias is redundant (DCGAN); without it, it is not
         extra = cfg.channels if cfg.arch == "msg" else 0  # msg: the image at each scale joins the features
         # (B, C, S, S) -> (B, ndf, S/2, S/2); no BatchNorm on the input layer (DCGAN paper)
+        aa = cfg.d_antialias  # a blur before every strided conv
         blocks: list[nn.Module] = [
-            nn.Sequential(sn(nn.Conv2d(cfg.channels, ch[0], 4, 2, 1, bias=bias)), nn.LeakyReLU(0.2, True))
-        ]
+            nn.Sequential(*antialiased(sn(nn.Conv2d(cfg.channels, ch[0], 4, 2, 1, bias=bias)), cfg.channels, aa),
+                          nn.LeakyReLU(0.2, True))
+        ]  # fmt: skip
         for a, b in zip(ch, ch[1:], strict=False):
             # (B, a [+C], H, W) -> (B, b, H/2, W/2)
             norm: list[nn.Module] = [] if cfg.spectral_norm else [nn.BatchNorm2d(b)]
             conv = sn(nn.Conv2d(a + extra, b, 4, 2, 1, bias=bias))
-            blocks.append(nn.Sequential(conv, *norm, nn.LeakyReLU(0.2, True)))
+            blocks.append(nn.Sequential(*antialiased(conv, a + extra, aa), *norm, nn.LeakyReLU(0.2, True)))
         self.blocks = nn.ModuleList(blocks)
         self.mbstd = MinibatchStd() if cfg.mbstd else None
         # (B, ch[-1] [+C] [+1], 4, 4) -> (B, 1, 1, 1)

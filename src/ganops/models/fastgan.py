@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganops.models.gan import BaseGenerator, GANConfig, MinibatchStd
+from ganops.models.gan import BaseGenerator, GANConfig, MinibatchStd, antialiased
 
 _sn = nn.utils.parametrizations.spectral_norm
 
@@ -142,10 +142,10 @@ class FastGenerator(BaseGenerator):
 class DownBlock(nn.Module):
     """(B, a, H, W) -> (B, b, H/2, W/2), the mean of a strided-conv path and an average-pool path."""
 
-    def __init__(self, a: int, b: int):
+    def __init__(self, a: int, b: int, antialias: bool = False):
         super().__init__()
         self.main = nn.Sequential(
-            conv(a, b, 4, 2, 1), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True),
+            *antialiased(conv(a, b, 4, 2, 1), a, antialias), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True),
             conv(b, b, 3, 1, 1), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True),
         )  # fmt: skip
         self.direct = nn.Sequential(
@@ -180,7 +180,7 @@ class FastDiscriminator(nn.Module):
         self.from_img = nn.Sequential(conv(cfg.channels, w(S), 3, 1, 1), nn.LeakyReLU(0.2, True))
         sides = [S // 2**i for i in range(1, int(math.log2(S // 8)) + 1)]  # [S/2, ..., 8]
         # (B, w(2s), 2s, 2s) -> (B, w(s), s, s)
-        self.downs = nn.ModuleDict({str(s): DownBlock(w(2 * s), w(s)) for s in sides})
+        self.downs = nn.ModuleDict({str(s): DownBlock(w(2 * s), w(s), cfg.d_antialias) for s in sides})
         self.mbstd = MinibatchStd() if cfg.mbstd else None
         n = w(8) + int(cfg.mbstd)
         # (B, w8 [+1], 8, 8) -> (B, 1, 5, 5)

@@ -41,6 +41,7 @@ class GANConfig:
     class_counts: tuple[int, ...] = ()  # images per class of a class-conditional pair (() = unconditional)
     g_norm: str = "batch"  # batch: BatchNorm in G (DCGAN) | none: no normalisation, every sample on its own
     upsample: str = "transposed"  # transposed: stride-2 ConvTranspose (DCGAN) | resize: nearest x2 + conv 3x3
+    d_antialias: bool = False  # a [1,3,3,1] blur before each of D's strided convs (dcgan, msg, fastgan)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_counts", tuple(int(c) for c in self.class_counts))  # JSON gives lists
@@ -93,7 +94,7 @@ ARCHS = ("dcgan", "msg", "fastgan", "progressive")  # the families models/ build
 # Options added after the first registered versions, at the value that reproduces a version without the key.
 # New options go here with their legacy value, so every older checkpoint, export and registered version
 # still loads, serves and resumes (their settings compare equal).
-LEGACY: dict[str, object] = {"g_norm": "batch", "upsample": "transposed"}
+LEGACY: dict[str, object] = {"g_norm": "batch", "upsample": "transposed", "d_antialias": False}
 
 
 class BaseGenerator(nn.Module):
@@ -184,6 +185,27 @@ def noise_for_class(z: torch.Tensor, labels: torch.Tensor, class_counts: Sequenc
     out = z.clone()
     out[:, 0] = torch.special.ndtri(u).to(z.dtype)
     return out
+
+
+class Blur(nn.Module):
+    """A [1, 3, 3, 1] x [1, 3, 3, 1] low-pass, depthwise, same size out (B, C, H, W) -> (B, C, H, W): put before
+    a strided conv (StyleGAN2's anti-aliasing), so that D cannot alias away frequencies G hides energy at."""
+
+    kernel: torch.Tensor
+
+    def __init__(self, channels: int):
+        super().__init__()
+        k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+        k = torch.outer(k, k) / 64  # (4, 4), sums to 1
+        self.register_buffer("kernel", k.expand(channels, 1, 4, 4).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 2, 1, 2)), self.kernel.to(x.dtype), groups=x.shape[1])
+
+
+def antialiased(conv: nn.Module, channels: int, on: bool) -> list[nn.Module]:
+    """``[Blur, conv]`` when ``on``, else ``[conv]``: a strided conv with or without its blur in front."""
+    return [Blur(channels), conv] if on else [conv]
 
 
 class MinibatchStd(nn.Module):
