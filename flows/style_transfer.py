@@ -88,7 +88,8 @@ def sheet(params: Params, at: stages.Layout) -> str:
 
 def _inputs(params: Params, overrides: list[str], at: stages.Layout) -> Params:
     """Snapshot the photos and style images into the workspace (``inputs/``) and point the params at the
-    copies: a ``dvc repro`` or a user changing the project's folders meanwhile cannot change what it reads."""
+    copies: a ``dvc repro`` or a user changing the project's folders meanwhile cannot change what it reads.
+    ``style.fast_train_dir`` is not copied (a corpus may be huge): the params point at it in place."""
     fixed = list(overrides)
     for key in ("content_dir", "style_dir"):
         rel = getattr(params.style, key)
@@ -99,6 +100,9 @@ def _inputs(params: Params, overrides: list[str], at: stages.Layout) -> Params:
         if src != dst:
             shutil.copytree(src, workspaces.fresh_copy_target(dst))
         fixed.append(f"style.{key}={dst}")
+    # a fast net's training corpus is read in place (it may be COCO-sized): the workspace points at it
+    corpus = Path(params.style.fast_train_dir)
+    fixed.append(f"style.fast_train_dir={corpus if corpus.is_absolute() else ROOT / corpus}")
     return load_params(ROOT / "params.yaml", fixed)
 
 

@@ -254,6 +254,27 @@ def test_stylize_and_sheet(project, isolated_tracking):
     assert {f.name: f.read_bytes() for f in (project / "data/photos").iterdir()} == before
 
 
+def test_a_fast_net_trains_on_its_corpus_folder(project, isolated_tracking):
+    from PIL import Image
+
+    paintings(project)
+    photos(project)
+    (project / "corpus").mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        Image.new("RGB", (40, 30), colour).save(project / "corpus" / f"c{i}.png")
+    fast = ["-S", "style.method=fast", "-S", "style.fast_steps=2", "-S", "style.fast_width=4"]
+    r = CliRunner().invoke(app, ["stylize", "--style", "shipwreck", "--no-progress", *STYLE_TINY, *fast,
+                                 "-S", "style.fast_train_dir=corpus"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    made = json.loads((project / "models/style/shipwreck/config.json").read_text())
+    assert made["trained_on"] == {"folder": "corpus", "photos": 3} and made["size"] == 32
+    assert {f.name for f in (project / "data/stylized/shipwreck").iterdir()} == {"china.png", "flower.png"}
+    r = CliRunner().invoke(app, ["stylize", "--style", "shipwreck", *STYLE_TINY, *fast,
+                                 "-S", "style.fast_train_dir=nowhere"])  # fmt: skip
+    assert r.exit_code == 2 and "style.fast_train_dir: nowhere: no such folder" in r.output
+    assert (project / "models/style/shipwreck/transformer.pt").is_file()  # the last net stays until a new one
+
+
 def test_stylize_errors_name_what_is_wrong(project):
     runner = CliRunner()
     r = runner.invoke(app, ["stylize", "--style", "starry"])

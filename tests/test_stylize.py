@@ -190,3 +190,47 @@ def test_style_scale_sets_the_style_image_size_and_so_the_gram_target(vgg, monke
     (side1, g1), (side2, g2) = seen
     assert (side1, side2) == (32, 16)
     assert any(not torch.allclose(g1[n], g2[n]) for n in P.style_layers)
+
+
+def _photo_folder(folder, n: int = 4):
+    from PIL import Image
+
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        w, h = (48, 36) if i % 2 else (36, 48)  # both orientations
+        px = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(px).save(folder / f"p{i}.png")
+    return sorted(folder.iterdir())
+
+
+def test_a_corpus_is_read_from_disk_at_each_draw_and_skips_a_bad_photo(tmp_path, caplog):
+    from ganops.stylize import PhotoCorpus
+
+    files = _photo_folder(tmp_path / "corpus")
+    corpus = PhotoCorpus(files, size=24, max_side=1024)
+    assert len(corpus) == 4 and corpus[0].shape == (1, 3, 24, 18) and corpus[1].shape == (1, 3, 18, 24)
+    from PIL import Image
+
+    Image.new("RGB", (36, 48), (255, 0, 0)).save(files[0])  # changed on disk after the corpus was made
+    assert corpus[0][0, 0].mean() > 0.99 and corpus[0][0, 1].max() < 0.01  # read now, not held
+    files[2].write_bytes(b"\x89PNG broken")
+    assert torch.equal(corpus[2], corpus[3])  # the next good photo stands in
+    assert "skipping" in caplog.text and "p2.png" in caplog.text
+    with pytest.raises(StyleError, match="has no images"):
+        PhotoCorpus([], size=24, max_side=1024)
+
+
+def test_training_on_a_corpus_is_training_on_the_same_photos_in_memory(vgg, tmp_path):
+    # the streamed path changes where the photos come from, not what the net learns: same seed, same weights
+    from ganops.stylize import PhotoCorpus, list_images
+
+    files = _photo_folder(tmp_path / "corpus", 3)
+    p = P.model_copy(
+        update={"fast_steps": 4, "fast_batch_size": 2, "fast_width": 4, "fast_precision": "fp32"}
+    )
+    style = [(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)), 1.0)]
+    streamed = train_fast(PhotoCorpus(list_images(tmp_path / "corpus"), p.size, p.max_side), style, vgg, p)
+    held = train_fast([load_image(f, p.max_side) for f in files], style, vgg, p)
+    a, b = streamed.state_dict(), held.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

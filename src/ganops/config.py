@@ -222,6 +222,7 @@ class StyleParams(_Group):
     scales: list[float] = Field(default_factory=lambda: [1.0])
     style_scale: float = Field(1.0, gt=0, le=4)
     preserve_color: Literal["none", "luminance", "match"] = "none"
+    fast_train_dir: str = Field("data/photos", min_length=1)
     fast_steps: int = Field(400, ge=1)
     fast_batch_size: int = Field(4, ge=1)
     fast_lr: float = Field(1e-3, gt=0)

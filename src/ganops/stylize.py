@@ -9,8 +9,9 @@ image at any size.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from ganops.config import StyleParams
 from ganops.images import ImageError, open_image, to_tensor
 from ganops.losses import content_loss, gram, style_loss, tv_loss
 from ganops.models.style import TransformerConfig, TransformerNet, VGGFeatures
+
+log = logging.getLogger(__name__)
 
 
 class StyleError(RuntimeError):
@@ -250,7 +253,7 @@ def print_ladder(working: int, target: int, steps: int, refine_steps: int) -> li
 
 
 def train_fast(
-    contents: list[torch.Tensor],
+    contents: Sequence[torch.Tensor],
     styles: list[tuple[torch.Tensor, float]],
     vgg: VGGFeatures,
     p: StyleParams,
@@ -262,8 +265,9 @@ def train_fast(
     """Train a TransformerNet for one (blended) style on ``contents``, whole photos at the working size.
 
     Each step takes ``p.fast_batch_size`` photos drawn at random, each resized as :func:`gatys` sizes its
-    content (long side ``p.size``); photos of one shape go through the nets as one batch. The net's
-    ``precision`` attribute says how it was trained (:func:`fast_precision`).
+    content (long side ``p.size``); photos of one shape go through the nets as one batch. ``contents`` is
+    a list of photos (held in memory) or a :class:`PhotoCorpus` (read from disk at each draw, already at
+    the working size). The net's ``precision`` attribute says how it was trained (:func:`fast_precision`).
     """
     bf16 = fast_precision(p.fast_precision) == "bf16"
     torch.manual_seed(seed)
@@ -274,7 +278,7 @@ def train_fast(
     # Whole photos at Gatys's working scale: the net learns textures of the size they have in a Gatys
     # result and the Gram matrices of whole pictures, which is how it is applied and scored. Trained on
     # square crops instead, its output stayed at 2x Gatys's loss (at a larger scale, 5x; BENCHMARKS.md).
-    pool = [resize_long(c, p.size) for c in contents]
+    pool = contents if isinstance(contents, PhotoCorpus) else [resize_long(c, p.size) for c in contents]
 
     def losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Content, style and TV loss (weighted) of the net's output for ``x`` (b, 3, H, W)."""
@@ -298,7 +302,8 @@ def train_fast(
     for step in bar:
         by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
         for i in torch.randint(len(pool), (p.fast_batch_size,), generator=g).tolist():
-            by_shape.setdefault(tuple(pool[i].shape), []).append(pool[i])
+            photo = pool[i]  # a corpus reads it from disk now
+            by_shape.setdefault(tuple(photo.shape), []).append(photo)
         lc = ls = lt = torch.zeros(())
         for same in by_shape.values():  # each term: the mean over the step's photos
             c, s, t = losses(torch.cat(same))
@@ -363,6 +368,37 @@ def load_contents(files: list[Path], sp: StyleParams) -> Iterator[torch.Tensor]:
         yield load_image(f, sp.max_side)
 
 
+class PhotoCorpus(Sequence[torch.Tensor]):
+    """A folder of photos read on demand, each at a long side of ``size`` (what a fast net trains on): only
+    the file list is held, so a corpus of any size (COCO's 118,000 photos) streams from disk, read in place.
+
+    A file that cannot be read is skipped with a warning (once) and the next one in the list stands in, so
+    a damaged photo in a large corpus costs one picture, not the training.
+    """
+
+    def __init__(self, files: Sequence[Path], size: int, max_side: int):
+        if not files:
+            raise StyleError("a fast net's training corpus (style.fast_train_dir) has no images")
+        self.files, self.size, self.max_side = list(files), size, max_side
+        self.skipped: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        """Photo ``i`` (1, 3, h, w) with its long side ``size``; a bad one gives way to the next good one."""
+        for k in range(len(self.files)):
+            f = self.files[(i + k) % len(self.files)]
+            if f in self.skipped:
+                continue
+            try:
+                return resize_long(load_image(f, self.max_side), self.size)
+            except StyleError as err:
+                self.skipped.add(f)
+                log.warning("skipping %s in the training corpus: %s", f, err)
+        raise StyleError("no image of the training corpus can be read")
+
+
 def style_inputs(
     sp: StyleParams, blend: dict[str, float], root: Path, *, check_contents: bool = True
 ) -> tuple[list[Path], list[tuple[torch.Tensor, float]]]:
@@ -374,7 +410,7 @@ def style_inputs(
         root: the project root.
         check_contents: fail on an empty content folder and load every photo once, so that a bad file is
             reported before any work starts (a stage's setup); off to rebuild a job that setup checked, or
-            when the caller loads them all itself through :func:`load_contents` (a fast net's training).
+            when the caller loads them all itself through :func:`load_contents`.
 
     Returns:
         (content files, [(style image (1, 3, H, W) in [0, 1], blend weight)]).

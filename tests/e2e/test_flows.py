@@ -183,6 +183,9 @@ def test_two_style_flows_and_a_dvc_repro_at_once_do_not_collide(project):
         assert all(name in report for name in styles + ("china", "flower", f"`{work}`")), report
         pairs = c.search_runs([exp], f"tags.prefect_flow_run_id = '{flow_run_id}'")
         assert len(pairs) == 6 and all(p.data.tags["entry_point"] == "prefect" for p in pairs)
+        # photos and paintings snapshotted into the workspace; a fast net's corpus read in place, not copied
+        assert sorted(f.name for f in (work / "inputs").iterdir()) == ["content_dir", "style_dir"]
+        assert {p.data.params["style.fast_train_dir"] for p in pairs} == {str(d / "data/photos")}
     status = sh(["dvc", "status", "stylize_sheet"], d, env).stdout
     assert "changed" not in status, status  # DVC's outputs are what dvc.lock recorded
     dvc_pairs = c.search_runs([exp], "tags.entry_point = 'dvc'")

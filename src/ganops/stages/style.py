@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,10 @@ from ganops.images import save_image
 from ganops.models.style import TransformerNet, VGGFeatures, build_vgg, load_style_net
 from ganops.stages.common import Layout, StageError, write_json
 from ganops.stylize import (
+    PhotoCorpus,
     fast_stylize,
     gatys,
-    load_contents,
+    list_images,
     load_image,
     print_ladder,
     resize_long,
@@ -110,7 +111,7 @@ def _save_style_model(folder: Path, config: dict[str, Any], net: TransformerNet 
 def train_style_net(
     p: Params,
     job: StyleJob,
-    photos: list[torch.Tensor],
+    photos: Sequence[torch.Tensor],
     at: Layout = Layout(),
     *,
     ctx: RunContext = RunContext(),
@@ -122,7 +123,8 @@ def train_style_net(
 
     Args:
         job: the style's job (its style images and feature extractor; ``net`` unused).
-        photos: every content photo, (1, 3, H, W) in [0, 1]; each step draws from all of them.
+        photos: the training photos (a :class:`PhotoCorpus` of ``style.fast_train_dir``, or in-memory photos
+            (1, 3, H, W) in [0, 1]); each step draws from all of them.
 
     Returns:
         The trained net, in eval mode.
@@ -135,7 +137,8 @@ def train_style_net(
             photos, job.styles, vgg, p.style, seed=p.base.seed, progress=progress, on_metrics=run.on_metrics
         )
         made = {"method": "fast", "model": net.cfg.to_dict(), "style": style, "blend": _blend(p, style),
-                "extractor": vgg.name, "precision": net.precision}  # fmt: skip
+                "extractor": vgg.name, "precision": net.precision, "size": p.style.size,
+                "trained_on": {"folder": p.style.fast_train_dir, "photos": len(photos)}}  # fmt: skip
         _save_style_model(folder, made, net)
         run.log_artifacts(folder, STYLE_NET_ARTIFACT)
         version = register_folder(run.run_id, STYLE_NET_ARTIFACT, name, p.promote.alias,
@@ -157,8 +160,8 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunConte
     """
     sp = p.style
     fast = sp.method == "fast"
-    job = _new_job(p, style, at, check_contents=not fast)
-    photos = list(load_contents(job.contents, sp)) if fast else []  # a fast net trains on every photo
+    job = _new_job(p, style, at, check_contents=True)
+    corpus = training_corpus(p, at) if fast else None  # listed now, read while the net trains
     log.info("feature extractor: %s", job.vgg.name)  # never hide the offline fallback
     shutil.rmtree(at.stylized / style, ignore_errors=True)
     shutil.rmtree(at.style_models / style, ignore_errors=True)
@@ -166,7 +169,20 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunConte
         made = {"method": "gatys", "style": style, "blend": _blend(p, style), "extractor": job.vgg.name}
         _save_style_model(at.style_models / style, made)
         return job
-    return replace(job, net=train_style_net(p, job, photos, at, ctx=ctx, progress=progress, echo=echo))
+    assert corpus is not None
+    return replace(job, net=train_style_net(p, job, corpus, at, ctx=ctx, progress=progress, echo=echo))
+
+
+def training_corpus(p: Params, at: Layout = Layout()) -> PhotoCorpus:
+    """``style.fast_train_dir`` as a streamed corpus at the working size (relative to the project root).
+
+    Raises:
+        StageError: the folder does not exist; StyleError: it holds no image.
+    """
+    folder = at.root / p.style.fast_train_dir
+    if not folder.is_dir():
+        raise StageError(f"style.fast_train_dir: {p.style.fast_train_dir}: no such folder")
+    return PhotoCorpus(list_images(folder), p.style.size, p.style.max_side)
 
 
 def stylize_pair(
