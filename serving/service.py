@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from ganops.devices import DeviceError, resolve_device
 from ganops.images import to_tensor, to_uint8
 from ganops.models.gan import noise_for_class, seeded_noise
+from ganops.stylize import fast_stylize_at_scale
 from ganops.tracking import style_model_name
 from serving import images
 from serving.batcher import Batcher
@@ -202,7 +203,7 @@ class GanService:
             return _error(err.status, str(err))
         x = to_tensor(img)  # (1, 3, H, W) in [0, 1]
         with torch.inference_mode():
-            y = m.styles[style](x)[0]  # (3, H, W) in [0, 1]
+            y = fast_stylize_at_scale(m.styles[style], x)[0]  # (3, H, W) in [0, 1], at the net's own scale
         out = images.png(to_uint8(y))
         version = m.style_versions[style_model_name(style)]  # X-Model-Version (the champion's): the guard's
         return Response(out, media_type="image/png", headers={"X-Style-Version": str(version)})

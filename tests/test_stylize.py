@@ -4,7 +4,7 @@ from PIL import Image
 
 from ganops.config import StyleParams
 from ganops.losses import gram, style_loss, tv_loss
-from ganops.models.style import StyleWeightsError, TransformerNet, build_vgg
+from ganops.models.style import StyleWeightsError, TransformerConfig, TransformerNet, build_vgg
 from ganops.stylize import (
     StyleError,
     fast_stylize,
@@ -208,12 +208,14 @@ def test_a_corpus_is_read_from_disk_at_each_draw_and_skips_a_bad_photo(tmp_path,
     from ganops.stylize import PhotoCorpus
 
     files = _photo_folder(tmp_path / "corpus")
-    corpus = PhotoCorpus(files, size=24, max_side=1024)
+    corpus = PhotoCorpus(files, size=24, max_side=1024, cache=2)
     assert len(corpus) == 4 and corpus[0].shape == (1, 3, 24, 18) and corpus[1].shape == (1, 3, 18, 24)
     from PIL import Image
 
-    Image.new("RGB", (36, 48), (255, 0, 0)).save(files[0])  # changed on disk after the corpus was made
-    assert corpus[0][0, 0].mean() > 0.99 and corpus[0][0, 1].max() < 0.01  # read now, not held
+    Image.new("RGB", (36, 48), (255, 0, 0)).save(files[0])  # changed on disk after the corpus read it
+    assert corpus[0][0, 0].mean() < 0.99  # still held (2 photos at most): read once
+    corpus[3]  # a third photo pushes the oldest out
+    assert corpus[0][0, 0].mean() > 0.99 and corpus[0][0, 1].max() < 0.01  # read from disk again
     files[2].write_bytes(b"\x89PNG broken")
     assert torch.equal(corpus[2], corpus[3])  # the next good photo stands in
     assert "skipping" in caplog.text and "p2.png" in caplog.text
@@ -234,3 +236,28 @@ def test_training_on_a_corpus_is_training_on_the_same_photos_in_memory(vgg, tmp_
     held = train_fast([load_image(f, p.max_side) for f in files], style, vgg, p)
     a, b = streamed.state_dict(), held.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fast_net_runs_at_the_scale_it_learned_and_returns_the_photos_size(tmp_path):
+    from ganops.artifacts import save_folder
+    from ganops.models.style import load_style_net
+    from ganops.stylize import fast_stylize_at_scale, resize_long
+
+    torch.manual_seed(0)
+    net = TransformerNet(TransformerConfig(width=4)).eval()
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(fast_stylize_at_scale(net, x), fast_stylize(net, x))  # no size recorded: as given
+        net.working_size = 16
+        y = fast_stylize_at_scale(net, x)
+        small = fast_stylize(net, resize_long(x, 16))  # (1, 3, 11, 16): what the net draws at its scale
+        assert y.shape == x.shape and small.shape[-1] == 16
+        back = torch.nn.functional.interpolate(small, size=(40, 56), mode="bicubic", align_corners=False)
+        assert torch.allclose(y, back.clamp(0, 1)) and not torch.allclose(y, fast_stylize(net, x))
+    # the size travels in the model folder the stage writes (and serving loads)
+    save_folder(
+        tmp_path / "net", {"transformer.pt": net.state_dict()}, {"model": net.cfg.to_dict(), "size": 16}
+    )
+    assert load_style_net(tmp_path / "net").working_size == 16
+    save_folder(tmp_path / "old", {"transformer.pt": net.state_dict()}, {"model": net.cfg.to_dict()})
+    assert load_style_net(tmp_path / "old").working_size is None

@@ -317,6 +317,7 @@ def train_fast(
             on_metrics(step, {"fast_content": lc.item(), "fast_style": ls.item(), "fast_total": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
     net.precision = "bf16" if bf16 else "fp32"
+    net.working_size = p.size
     return net.eval()
 
 
@@ -336,6 +337,18 @@ def fast_precision(choice: str) -> str:
 def fast_stylize(net: TransformerNet, image: torch.Tensor) -> torch.Tensor:
     """One forward pass: (1, 3, H, W) -> (1, 3, H, W), any size."""
     return net(image)
+
+
+def fast_stylize_at_scale(net: TransformerNet, image: torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) -> (1, 3, H, W) styled at the scale the net learned: resized to its working long side
+    (``net.working_size``), through the net, and back to H x W. A net's strokes have the size they had in
+    training; on a photo of another size they would come out too small (or too big) and lose the painting.
+    A net without a recorded size runs at the photo's own size."""
+    size = net.working_size
+    if not size or max(image.shape[-2:]) == size:
+        return fast_stylize(net, image)
+    y = fast_stylize(net, resize_long(image, size))
+    return F.interpolate(y, size=image.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------- a style's inputs
@@ -369,18 +382,20 @@ def load_contents(files: list[Path], sp: StyleParams) -> Iterator[torch.Tensor]:
 
 
 class PhotoCorpus(Sequence[torch.Tensor]):
-    """A folder of photos read on demand, each at a long side of ``size`` (what a fast net trains on): only
-    the file list is held, so a corpus of any size (COCO's 118,000 photos) streams from disk, read in place.
+    """A folder of photos read on demand, each at a long side of ``size`` (what a fast net trains on): the
+    file list and at most ``cache`` photos at the working size are held (160 px: ~0.2 MB each), so a corpus
+    of any size (COCO's 118,000 photos) streams from disk, read in place, and a small one is decoded once.
 
     A file that cannot be read is skipped with a warning (once) and the next one in the list stands in, so
     a damaged photo in a large corpus costs one picture, not the training.
     """
 
-    def __init__(self, files: Sequence[Path], size: int, max_side: int):
+    def __init__(self, files: Sequence[Path], size: int, max_side: int, cache: int = 256):
         if not files:
             raise StyleError("a fast net's training corpus (style.fast_train_dir) has no images")
-        self.files, self.size, self.max_side = list(files), size, max_side
+        self.files, self.size, self.max_side, self.cache = list(files), size, max_side, cache
         self.skipped: set[Path] = set()
+        self._held: dict[Path, torch.Tensor] = {}  # the most recently read photos, oldest first
 
     def __len__(self) -> int:
         return len(self.files)
@@ -391,11 +406,18 @@ class PhotoCorpus(Sequence[torch.Tensor]):
             f = self.files[(i + k) % len(self.files)]
             if f in self.skipped:
                 continue
+            if f in self._held:
+                return self._held[f]
             try:
-                return resize_long(load_image(f, self.max_side), self.size)
+                photo = resize_long(load_image(f, self.max_side), self.size)
             except StyleError as err:
                 self.skipped.add(f)
                 log.warning("skipping %s in the training corpus: %s", f, err)
+                continue
+            self._held[f] = photo
+            if len(self._held) > self.cache:
+                del self._held[next(iter(self._held))]
+            return photo
         raise StyleError("no image of the training corpus can be read")
 
 

@@ -276,6 +276,9 @@ class TransformerNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.precision = "fp32"  # how it was trained (ganops.stylize.train_fast sets it); it runs in fp32
+        self.working_size: int | None = (
+            None  # the long side it trained at (train_fast / load_style_net set it)
+        )
         w = cfg.width
         self.net = nn.Sequential(
             _conv(3, w, 9), nn.InstanceNorm2d(w, affine=True), nn.ReLU(True),  # (B, w, H, W)
@@ -309,4 +312,5 @@ def load_style_net(folder: str | Path) -> TransformerNet:
     net = TransformerNet(TransformerConfig(**config["model"]))
     net.load_state_dict(state)
     net.precision = config.get("precision", "fp32")
+    net.working_size = config.get("size")  # None: a net saved before its size was recorded (runs as given)
     return net.eval()
