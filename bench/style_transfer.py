@@ -2,6 +2,7 @@
 
     python bench/style_transfer.py sheets                  # labelled sheets + losses per feature extractor
     python bench/style_transfer.py fast                    # fast-net training step vs pytorch/examples; loss vs Gatys
+    python bench/style_transfer.py fast --train-steps 1500 --corpus ../shared/data/own-photos --held-out DIR
     python bench/style_transfer.py gatys                   # Gatys vs the PyTorch tutorial's recipe (time, loss)
     python bench/style_transfer.py colour --photos DIR     # colour fidelity of variants (Lab distance, chroma)
 
@@ -45,6 +46,7 @@ from ganops.losses import content_loss, gram, style_loss, tv_loss  # noqa: E402
 from ganops.models.style import VGG_LAYERS, TransformerNet, build_vgg  # noqa: E402
 from ganops.sheet import SheetStyle, labelled_sheet  # noqa: E402
 from ganops.stylize import (  # noqa: E402
+    PhotoCorpus,
     fast_precision,
     fast_stylize,
     gatys,
@@ -325,7 +327,11 @@ def fast(a: argparse.Namespace) -> dict:
         # (2) quality: a fast net trained on the photos vs Gatys on each photo, one scorer for both
         q = p.model_copy(update={"fast_steps": a.train_steps})
         t0 = time.perf_counter()
-        net = train_fast(contents, [(style, 1.0)], vgg, q, progress=True)
+        # --corpus: the net trains on that folder, streamed as the stage does (style.fast_train_dir); the
+        # demo's photos are then photos it never saw too
+        train_on = PhotoCorpus(list_images(a.corpus), q.size, q.max_side) if a.corpus else contents
+        net = train_fast(train_on, [(style, 1.0)], vgg, q, progress=True)
+        res["trained_on"] = {"folder": a.corpus.name if a.corpus else "data/photos", "photos": len(train_on)}
         res["train_seconds"] = time.perf_counter() - t0
         res["pairs"] = {}
         held_out = (
@@ -392,6 +398,7 @@ def main() -> None:
         "--train-steps", type=int, default=0, help="> 0: also train a fast net and compare with Gatys"
     )
     f.add_argument("--held-out", type=Path, help="photos the fast net is not trained on, scored the same way")
+    f.add_argument("--corpus", type=Path, help="train the net on this folder of photos (streamed) instead")
     a = ap.parse_args()
     torch.manual_seed(0)
     res = {"gatys": gatys_vs_tutorial, "sheets": sheets, "fast": fast, "colour": colour}[a.cmd](a)
