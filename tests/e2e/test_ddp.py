@@ -138,13 +138,15 @@ def test_fastgan_on_two_ranks_stays_identical_and_resumes_mid_run_to_the_same_we
 
 
 # 16 px, fade 3, stable 1: step 0 at 4 px, 1-3 fading to 8 px, 4 at 8 px, 5 fading to 16 px (four phases)
-GROWING = BASE | dict(arch="progressive", mbstd=False, grow_fade_steps=3, grow_stable_steps=1)
+GROWING = BASE | dict(
+    arch="progressive", mbstd=False, spectral_norm=True, grow_fade_steps=3, grow_stable_steps=1
+)
 
 
 def test_progressive_on_two_ranks_wraps_each_phase_equals_one_process_and_resumes_mid_fade(tmp_path):
     # each phase is wrapped on its own (the levels not yet grown and the faded-out path are outside DDP), so
-    # plain DDP holds without find_unused_parameters; no batch statistics (pixel norm in G, mbstd off), so
-    # two ranks of 8 compute what one process of 16 does
+    # plain DDP holds without find_unused_parameters; no batch statistics (pixel norm in G; spectral norm, not
+    # BatchNorm, in D; mbstd off), so two ranks of 8 compute what one process of 16 does
     r0, r1 = _two_ranks(tmp_path / "full", GROWING)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     assert r0["G.growth_state"].tolist() == [2.0, 0.0]  # the last step began the fade to 16 px

@@ -13,15 +13,16 @@ then per level l the block nearest x2 -> (conv 3x3 -> LReLU -> PixelNorm) x 2 to
 ``G(z)`` is always (B, C, S, S), so grids, the monitor, exports and serving need nothing new; before the
 last level an image shows r_l px as (S / r_l)-px squares.
 
-D mirrors it: a 1x1 "from-image" conv per level, blocks (conv 3x3 -> LReLU) x 2 -> average pool, and at 4x4
+D mirrors it: a 1x1 "from-image" conv per level, blocks (conv 3x3 -> BN -> LReLU) x 2 -> average pool, and at 4x4
 minibatch-stddev (``mbstd``) -> conv 3x3 -> LReLU -> conv 4x4 -> one logit (+ the class projection of a
 conditional pair). D takes S x S images and average-pools them to r_l (exactly undoing G's nearest
 upsampling); during a fade it blends its input the way G blends its output,
 ``(1 - alpha) * up(down(x)) + alpha * x``, real and generated alike, and its two from-image paths the same
-way. ``spectral_norm`` normalises every D conv.
+way. ``spectral_norm`` normalises every D conv (and drops D's BatchNorm, as in DCGAN's D).
 
-Not ProGAN's: He-initialised weights with Adam instead of the equalised learning rate, and widths sized
-for a CPU (G ``ngf * 2**(L-1-l)``, D ``ndf * 2**(L-1-l)``, at least 8, as DCGAN's). The growth state
+Not ProGAN's: BatchNorm in D's blocks (DCGAN's; ProGAN's D has none, and without it G collapsed to one
+picture here within a few hundred steps), He-initialised weights with Adam instead of the equalised
+learning rate, and widths sized for a CPU (G ``ngf * 2**(L-1-l)``, D ``ndf * 2**(L-1-l)``, at least 8, as DCGAN's). The growth state
 (level, alpha) is a buffer of each net, so every checkpoint and export carries it: an export taken before
 the last level keeps drawing at the resolution it had reached, the blocks not yet grown unused.
 
@@ -186,8 +187,15 @@ class ProDiscriminator(_Grows, nn.Module):
         self.from_img = nn.ModuleList(  # (B, C, r_l, r_l) -> (B, c_l, r_l, r_l)
             nn.Sequential(sn(nn.Conv2d(cfg.channels, c, 1)), act()) for c in ch
         )
+
+        # BatchNorm after each block conv, as DCGAN's D has (dropped with spectral norm, as there): without
+        # batch statistics this D let G collapse to one picture within a few hundred steps (BENCHMARKS.md)
+        def norm(c: int) -> list[nn.Module]:
+            return [] if cfg.spectral_norm else [nn.BatchNorm2d(c)]
+
         self.blocks = nn.ModuleList(  # blocks[l-1]: (B, c_l, r, r) -> (B, c_{l-1}, r/2, r/2)
-            nn.Sequential(sn(nn.Conv2d(b, b, 3, 1, 1)), act(), sn(nn.Conv2d(b, a, 3, 1, 1)), act(), nn.AvgPool2d(2))
+            nn.Sequential(sn(nn.Conv2d(b, b, 3, 1, 1)), *norm(b), act(), sn(nn.Conv2d(b, a, 3, 1, 1)), *norm(a), act(),
+                          nn.AvgPool2d(2))
             for a, b in zip(ch, ch[1:], strict=False)
         )  # fmt: skip
         self.mbstd = MinibatchStd() if cfg.mbstd else None
