@@ -500,3 +500,17 @@ def test_progress_bar_shows_losses_d_outputs_and_throughput(images, tmp_path, ca
         assert key in last, (key, last)
     fit(images, tiny(steps=3, resume=False), tmp_path / "quiet", progress=False)
     assert "loss_d=" not in capsys.readouterr().err
+
+
+def test_fastgan_at_128_px_trains_resumes_exactly_and_exports_full_size(tmp_path):
+    # what `arch: auto` trains for 128-px pictures: tiny widths, 4 steps, stopped at 2 and resumed
+    g = torch.Generator().manual_seed(0)
+    big = torch.randint(0, 256, (16, 3, 128, 128), dtype=torch.uint8, generator=g)
+    kw = {"arch": "auto", "ngf": 2, "ndf": 1, "batch_size": 4, "steps": 4, "checkpoint_every": 2}
+    full = fit(big, tiny(**kw), tmp_path / "full", progress=False)
+    G = load_generator(full.export)
+    assert G.cfg.arch == "fastgan" and G(torch.randn(2, 8)).shape == (2, 3, 128, 128)
+    fit(big, tiny(**(kw | {"steps": 2})), tmp_path / "split", progress=False)
+    resumed = fit(big, tiny(**kw), tmp_path / "split", progress=False)
+    assert resumed.resumed_from == 2
+    assert_same_training_state(full.checkpoint, resumed.checkpoint)
