@@ -215,7 +215,7 @@ class StyleParams(_Group):
     content_weight: float = Field(1.0, ge=0)
     style_weight: float = Field(3.0, ge=0)
     tv_weight: float = Field(10.0, ge=0)
-    init: Literal["content", "noise", "content+noise", "palette"] = "content"
+    init: Literal["content", "noise", "content+noise", "palette"] = "palette"
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     steps: int = Field(80, ge=1)
     lr: float = Field(1.0, gt=0)
