@@ -236,8 +236,8 @@ def sheets(a: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------------------- colour fidelity
 
-COLOUR_VARIANTS = {  # style.* overrides; "default" is params.yaml's
-    "default": {},
+COLOUR_VARIANTS = {  # style.* overrides of params.yaml's style group
+    "content": {"init": "content"},  # start from the photo itself (the default before 2026-12-05)
     "palette": {"init": "palette"},  # start from the photo in the painting's colours
     "tv1": {"tv_weight": 1.0},  # a tenth of the calibrated smoothness
 }
