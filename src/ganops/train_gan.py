@@ -212,9 +212,8 @@ def _init_state(run: TrainRun) -> tuple[TrainState, nn.Module, nn.Module]:
     D = D.to(device).to(memory_format=torch.channels_last)
     # Every rank keeps an EMA G: it is updated from G's (identical) weights, so it stays identical too.
     G_ema = copy.deepcopy(G).requires_grad_(False).eval() if p.ema_decay > 0 else None
-    if (
-        run.ddp and device.type == "cuda"
-    ):  # batch statistics over all ranks; SyncBatchNorm refuses CPU tensors
+    # batch statistics over all ranks under DDP on CUDA (SyncBatchNorm refuses CPU tensors)
+    if run.ddp and device.type == "cuda":
         G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
         D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
     G_fwd, D_fwd = _forwards(run, G, D)

@@ -158,18 +158,15 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunConte
     Returns:
         The job every pair of the style runs (with its fast net, if any).
     """
-    sp = p.style
-    fast = sp.method == "fast"
     job = _new_job(p, style, at, check_contents=True)
-    corpus = training_corpus(p, at) if fast else None  # listed now, read while the net trains
+    corpus = training_corpus(p, at) if p.style.method == "fast" else None  # listed now, read while it trains
     log.info("feature extractor: %s", job.vgg.name)  # never hide the offline fallback
     shutil.rmtree(at.stylized / style, ignore_errors=True)
     shutil.rmtree(at.style_models / style, ignore_errors=True)
-    if not fast:
+    if corpus is None:  # Gatys: the config alone
         made = {"method": "gatys", "style": style, "blend": _blend(p, style), "extractor": job.vgg.name}
         _save_style_model(at.style_models / style, made)
         return job
-    assert corpus is not None
     return replace(job, net=train_style_net(p, job, corpus, at, ctx=ctx, progress=progress, echo=echo))
 
 
