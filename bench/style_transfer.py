@@ -329,7 +329,9 @@ def fast(a: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         # --corpus: the net trains on that folder, streamed as the stage does (style.fast_train_dir); the
         # demo's photos are then photos it never saw too
-        train_on = PhotoCorpus(list_images(a.corpus), q.size, q.max_side) if a.corpus else contents
+        train_on = (
+            PhotoCorpus(list_images(a.corpus, recursive=True), q.size, q.max_side) if a.corpus else contents
+        )
         net = train_fast(train_on, [(style, 1.0)], vgg, q, progress=True)
         res["trained_on"] = {"folder": a.corpus.name if a.corpus else "data/photos", "photos": len(train_on)}
         res["train_seconds"] = time.perf_counter() - t0

@@ -259,9 +259,11 @@ def test_a_fast_net_trains_on_its_corpus_folder(project, isolated_tracking):
 
     paintings(project)
     photos(project)
-    (project / "corpus").mkdir()
-    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
-        Image.new("RGB", (40, 30), colour).save(project / "corpus" / f"c{i}.png")
+    # a photo library: one photo at the top, two in albums (read too), one in a hidden folder (not)
+    for i, (album, colour) in enumerate([("", (200, 30, 30)), ("ants", (30, 200, 30)), ("bees/2024", (30, 30, 200)),
+                                         (".thumbnails", (9, 9, 9))]):  # fmt: skip
+        (project / "corpus" / album).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), colour).save(project / "corpus" / album / f"c{i}.png")
     fast = ["-S", "style.method=fast", "-S", "style.fast_steps=2", "-S", "style.fast_width=4"]
     r = CliRunner().invoke(app, ["stylize", "--style", "shipwreck", "--no-progress", *STYLE_TINY, *fast,
                                  "-S", "style.fast_train_dir=corpus"])  # fmt: skip

@@ -131,10 +131,17 @@ def open_image(
     return img
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files (by ``IMAGE_SUFFIXES``) in ``folder``, not recursive, sorted; hidden files ignored."""
+def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
+    """Image files (by ``IMAGE_SUFFIXES``) in ``folder`` (and its subfolders if ``recursive``), sorted;
+    hidden files and folders ignored."""
+    root = Path(folder)
+    found = root.rglob("*") if recursive else root.iterdir()
     return sorted(
-        p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p
+        for p in found
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
     )
 
 

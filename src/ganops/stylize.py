@@ -55,11 +55,11 @@ def resize_long(x: torch.Tensor, long_side: int) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=s < 1)
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files in ``folder`` (not recursive, sorted); hidden files ignored."""
+def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (and its subfolders if ``recursive``), sorted; hidden ones ignored."""
     if not Path(folder).is_dir():
         raise StyleError(f"{folder}: no such folder")
-    return images.list_images(folder)
+    return images.list_images(folder, recursive=recursive)
 
 
 # ----------------------------------------------------------------------------- colour

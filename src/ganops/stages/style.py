@@ -171,7 +171,8 @@ def stylize_setup(p: Params, style: str, at: Layout = Layout(), *, ctx: RunConte
 
 
 def training_corpus(p: Params, at: Layout = Layout()) -> PhotoCorpus:
-    """``style.fast_train_dir`` as a streamed corpus at the working size (relative to the project root).
+    """``style.fast_train_dir`` as a streamed corpus at the working size (relative to the project root),
+    its subfolders included (a photo library sorted into albums, or class folders).
 
     Raises:
         StageError: the folder does not exist; StyleError: it holds no image.
@@ -179,7 +180,7 @@ def training_corpus(p: Params, at: Layout = Layout()) -> PhotoCorpus:
     folder = at.root / p.style.fast_train_dir
     if not folder.is_dir():
         raise StageError(f"style.fast_train_dir: {p.style.fast_train_dir}: no such folder")
-    return PhotoCorpus(list_images(folder), p.style.size, p.style.max_side)
+    return PhotoCorpus(list_images(folder, recursive=True), p.style.size, p.style.max_side)
 
 
 def stylize_pair(
