@@ -3,6 +3,7 @@
     python bench/style_transfer.py sheets                  # labelled sheets + losses per feature extractor
     python bench/style_transfer.py fast                    # fast-net training step vs pytorch/examples; loss vs Gatys
     python bench/style_transfer.py fast --train-steps 1500 --corpus ../shared/data/own-photos --held-out DIR
+    python bench/style_transfer.py fast --rounds 0 --size 160 --net models/style/starry_night --held-out DIR
     python bench/style_transfer.py gatys                   # Gatys vs the PyTorch tutorial's recipe (time, loss)
     python bench/style_transfer.py colour --photos DIR     # colour fidelity of variants (Lab distance, chroma)
 
@@ -16,7 +17,10 @@ relu5_1, content relu4_2) vs the pytorch/examples fast_neural_style training loo
 fast_neural_style_ref.py: the same TransformerNet shape, VGG16 to relu4_3, content relu2_2), the same
 whole photos at the same size and batch, alternating rounds in one process; then a fast net trained on
 the photos, its output's loss vs Gatys's final loss on each photo with the same weights (one loss function
-scores both), also on --held-out photos it never saw.
+scores both), also on --held-out photos it never saw. `--net` scores a net the stylize stage trained
+(`style.method: fast`, e.g. on a corpus: `style.fast_train_dir`) instead of training one; `--rounds 0`
+skips the step timing. Sheets: bench/results/style_fast_<tag>.jpg (the demo photos) and
+style_fast_<tag>_held_out.jpg (all of them: local only, the held-out photos may not ship).
 
 `gatys` (Gatys vs the PyTorch tutorial, same weights): reference = the full VGG19 stack every evaluation,
 L-BFGS stepped until 300 evaluations, pixels clamped inside the closure; ganops = `gatys` with its
@@ -43,7 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import fast_neural_style_ref as fns_ref  # noqa: E402
 from ganops.config import StyleParams  # noqa: E402
 from ganops.losses import content_loss, gram, style_loss, tv_loss  # noqa: E402
-from ganops.models.style import VGG_LAYERS, TransformerNet, build_vgg  # noqa: E402
+from ganops.models.style import VGG_LAYERS, TransformerNet, build_vgg, load_style_net  # noqa: E402
 from ganops.sheet import SheetStyle, labelled_sheet  # noqa: E402
 from ganops.stylize import (  # noqa: E402
     PhotoCorpus,
@@ -307,8 +311,68 @@ def fast(a: argparse.Namespace) -> dict:
     p = StyleParams.model_validate({"weights": a.weights[0], "size": a.size, "steps": a.steps,
                                     "fast_batch_size": a.batch})  # fmt: skip
     vgg = build_vgg(p.weights, [p.content_layer, *p.style_layers])
-    # (1) step time: alternating rounds, the same photos, size and batch; the reference gets its batches
-    # ready-made (its data loading is not timed), ganops' train_fast draws its own inside the step.
+    res: dict = {"style": a.style, "size": a.size, "batch": a.batch, "extractor": vgg.name,
+                 "precision": fast_precision(p.fast_precision)}  # fmt: skip
+    if a.rounds:
+        res |= step_times(a, contents, style, vgg, p)
+    if not (a.train_steps or a.net):
+        return res
+    # (2) quality: a fast net (trained here, or by the stylize stage: --net) vs Gatys on each photo, one
+    # scorer for both
+    if a.net:
+        net = load_style_net(a.net)
+        made = json.loads((a.net / "config.json").read_text())
+        if made.get("size") != a.size or made.get("extractor") != vgg.name:
+            raise SystemExit(f"{a.net}: trained at {made.get('size')} px with {made.get('extractor')}; "
+                             f"score it with --size {made.get('size')} and its weights")  # fmt: skip
+        res["trained_on"] = made.get("trained_on")
+        res["net"] = str(a.net)
+    else:
+        q = p.model_copy(update={"fast_steps": a.train_steps})
+        t0 = time.perf_counter()
+        # --corpus: the net trains on that folder (subfolders too), streamed as the stage does
+        # (style.fast_train_dir); the demo's photos are then photos it never saw too
+        train_on = (
+            PhotoCorpus(list_images(a.corpus, recursive=True), q.size, q.max_side) if a.corpus else contents
+        )
+        net = train_fast(train_on, [(style, 1.0)], vgg, q, progress=True)
+        res["trained_on"] = {"folder": a.corpus.name if a.corpus else "data/photos", "photos": len(train_on)}
+        res["train_seconds"] = time.perf_counter() - t0
+    res["pairs"] = {}
+    held_out = (
+        [(f"{f.stem} (held out)", load_image(f, 512)) for f in list_images(a.held_out)] if a.held_out else []
+    )
+    rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for photo, c in named + held_out:
+        fast_img = fast_stylize(net, resize_long(c, p.size))
+        g = gatys(c, [(style, 1.0)], vgg, p)
+        f_loss, g_loss = pair_score(fast_img, c, style, vgg, p), pair_score(g.image, c, style, vgg, p)
+        res["pairs"][photo] = {
+            "fast": f_loss,
+            "gatys": g_loss,
+            "loss_ratio": f_loss["total"] / g_loss["total"],
+        }
+        print(photo, res["pairs"][photo], flush=True)
+        rows.append((photo, c, fast_img, g.image))
+    ratios = [v["loss_ratio"] for v in res["pairs"].values()]
+    res["loss_ratio_max"], res["loss_ratio_mean"] = max(ratios), statistics.mean(ratios)
+    trained = (
+        f"fast {a.train_steps} steps" if a.train_steps else f"fast: {res['trained_on']['photos']} photos"
+    )
+    caption = f"{vgg.name}\n{trained}\nvs gatys {p.steps} evals"
+    # held-out photos are scored but not the project's to publish: their sheet stays local (git ignores it)
+    for name, these in (("", [r for r in rows if "held out" not in r[0]]), ("_held_out", rows)):
+        sheet = labelled_sheet([(r[0], r[1]) for r in these],
+                               [SheetStyle("fast", [(a.style, style, 1.0)], [r[2] for r in these]),
+                                SheetStyle("gatys", [(a.style, style, 1.0)], [r[3] for r in these])],
+                               tile=256, caption=caption)  # fmt: skip
+        save_jpg(sheet, RESULTS / f"style_fast_{a.tag or a.style}{name}.jpg")
+    return res
+
+
+def step_times(a: argparse.Namespace, contents: list[torch.Tensor], style, vgg, p: StyleParams) -> dict:  # noqa: ANN001
+    """(1) Seconds per training step: alternating rounds, the same photos, size and batch; the reference gets
+    its batches ready-made (its data loading is not timed), ganops' train_fast draws its own in the step."""
     batches = photo_batches(contents, a.size, a.batch, a.time_steps, seed=1)
     ref_s, ours_s = [], []
     for _ in range(a.rounds):
@@ -318,46 +382,9 @@ def fast(a: argparse.Namespace) -> dict:
         ours_s.append((time.perf_counter() - t0) / a.time_steps)
         print(f"step seconds: reference {ref_s[-1]:.3f}, ganops {ours_s[-1]:.3f}", flush=True)
     ref_m, ours_m = statistics.median(ref_s), statistics.median(ours_s)
-    res: dict = {"style": a.style, "size": a.size, "batch": a.batch, "extractor": vgg.name,
-                 "precision": fast_precision(p.fast_precision),
-                 "step_seconds": {"reference": ref_m, "ganops": ours_m, "rounds": a.rounds,
-                                  "steps_per_round": a.time_steps},
-                 "speed_ratio": ref_m / ours_m}  # fmt: skip
-    if a.train_steps:
-        # (2) quality: a fast net trained on the photos vs Gatys on each photo, one scorer for both
-        q = p.model_copy(update={"fast_steps": a.train_steps})
-        t0 = time.perf_counter()
-        # --corpus: the net trains on that folder, streamed as the stage does (style.fast_train_dir); the
-        # demo's photos are then photos it never saw too
-        train_on = (
-            PhotoCorpus(list_images(a.corpus, recursive=True), q.size, q.max_side) if a.corpus else contents
-        )
-        net = train_fast(train_on, [(style, 1.0)], vgg, q, progress=True)
-        res["trained_on"] = {"folder": a.corpus.name if a.corpus else "data/photos", "photos": len(train_on)}
-        res["train_seconds"] = time.perf_counter() - t0
-        res["pairs"] = {}
-        held_out = (
-            [(f"{f.stem} (held out)", load_image(f, 512)) for f in list_images(a.held_out)]
-            if a.held_out
-            else []
-        )
-        for photo, c in named + held_out:
-            fast_img = fast_stylize(net, resize_long(c, p.size))
-            g = gatys(c, [(style, 1.0)], vgg, p)
-            f_loss, g_loss = pair_score(fast_img, c, style, vgg, p), pair_score(g.image, c, style, vgg, p)
-            res["pairs"][photo] = {
-                "fast": f_loss,
-                "gatys": g_loss,
-                "loss_ratio": f_loss["total"] / g_loss["total"],
-            }
-            print(photo, res["pairs"][photo], flush=True)
-            if "held out" in photo:  # scored only: held-out photos are not the project's to publish
-                continue
-            save_jpg(labelled_sheet([(photo, c)], [SheetStyle("fast", [(a.style, style, 1.0)], [fast_img]),
-                                                   SheetStyle("gatys", [(a.style, style, 1.0)], [g.image])],
-                                    tile=256, caption=f"{vgg.name}\nfast {a.train_steps} steps\nvs gatys {p.steps} evals"),
-                     RESULTS / f"style_fast_{photo}.jpg")  # fmt: skip
-    return res
+    return {"step_seconds": {"reference": ref_m, "ganops": ours_m, "rounds": a.rounds,
+                             "steps_per_round": a.time_steps},
+            "speed_ratio": ref_m / ours_m}  # fmt: skip
 
 
 def main() -> None:
@@ -401,6 +428,10 @@ def main() -> None:
     )
     f.add_argument("--held-out", type=Path, help="photos the fast net is not trained on, scored the same way")
     f.add_argument("--corpus", type=Path, help="train the net on this folder of photos (streamed) instead")
+    f.add_argument(
+        "--net", type=Path, help="score this saved net (models/style/<style>/) instead of training"
+    )
+    f.add_argument("--tag", help="sheet name: bench/results/style_fast_<tag>.jpg (default: the style)")
     a = ap.parse_args()
     torch.manual_seed(0)
     res = {"gatys": gatys_vs_tutorial, "sheets": sheets, "fast": fast, "colour": colour}[a.cmd](a)

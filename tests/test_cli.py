@@ -254,7 +254,7 @@ def test_stylize_and_sheet(project, isolated_tracking):
     assert {f.name: f.read_bytes() for f in (project / "data/photos").iterdir()} == before
 
 
-def test_a_fast_net_trains_on_its_corpus_folder(project, isolated_tracking):
+def test_a_fast_net_trains_on_its_corpus_folder_and_its_subfolders(project, isolated_tracking):
     from PIL import Image
 
     paintings(project)
