@@ -114,6 +114,19 @@ def test_train_fast_lowers_its_loss(vgg, precision):
     assert net.precision == precision and next(net.parameters()).dtype == torch.float32  # weights stay fp32
 
 
+def test_fast_content_scale_weighs_the_photo_in_training(vgg):
+    g = torch.Generator().manual_seed(0)
+    photos, style = [torch.rand(1, 3, 40, 48, generator=g)], [(torch.rand(1, 3, 32, 32, generator=g), 1.0)]
+    content = {}
+    for scale in (0.0, 1e5):  # random VGG: style weighs 1e5, content 1
+        p = P.model_copy(update={"fast_steps": 20, "fast_batch_size": 2, "fast_width": 8, "fast_lr": 5e-3,
+                                 "fast_precision": "fp32", "fast_content_scale": scale})  # fmt: skip
+        seen: list[float] = []
+        train_fast(photos, style, vgg, p, on_metrics=lambda _, m, out=seen: out.append(m["fast_content"]))
+        content[scale] = seen[-1]
+    assert content[1e5] < 0.5 * content[0.0]  # the photo kept: the net learned the content
+
+
 def test_train_fast_takes_whole_photos_at_the_working_size(vgg, monkeypatch):
     # photos of two shapes: each step's draw goes through the net one batch per shape, each photo whole,
     # resized as gatys sizes its content (long side = style.size)

@@ -226,6 +226,7 @@ class StyleParams(_Group):
     fast_steps: int = Field(400, ge=1)
     fast_batch_size: int = Field(4, ge=1)
     fast_lr: float = Field(1e-3, gt=0)
+    fast_content_scale: float = Field(3.0, ge=0)
     fast_width: int = Field(32, ge=4)
     fast_precision: Literal["auto", "bf16", "fp32"] = "auto"
 

@@ -281,7 +281,8 @@ def train_fast(
     pool = contents if isinstance(contents, PhotoCorpus) else [resize_long(c, p.size) for c in contents]
 
     def losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Content, style and TV loss (weighted) of the net's output for ``x`` (b, 3, H, W)."""
+        """Content, style and TV loss (weighted as Gatys weighs them) of the net's output for ``x``
+        (b, 3, H, W)."""
         # The convolutions in bfloat16 where the CPU has native bf16 (1.7x the fp32 step here,
         # BENCHMARKS.md); the losses in fp32: a Gram matrix summed in bf16 (8-bit mantissa) is too coarse.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -309,10 +310,13 @@ def train_fast(
             c, s, t = losses(torch.cat(same))
             share = len(same) / p.fast_batch_size
             lc, ls, lt = lc + share * c, ls + share * s, lt + share * t
-        loss = lc + ls + lt
+        # The net starts far from the photo (Gatys starts at it) and, on a corpus, the cheapest way down
+        # is a texture that ignores each photo; content weighted fast_content_scale x keeps the photo
+        # (BENCHMARKS.md, "Fast nets on a corpus")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (p.fast_content_scale * lc + ls + lt).backward()
         opt.step()
+        loss = lc + ls + lt  # Gatys's objective, what the metrics and the progress bar report
         if on_metrics and (step % 10 == 0 or step == p.fast_steps):
             on_metrics(step, {"fast_content": lc.item(), "fast_style": ls.item(), "fast_total": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
