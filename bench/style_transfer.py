@@ -325,8 +325,10 @@ def fast(a: argparse.Namespace) -> dict:
         if made.get("size") != a.size or made.get("extractor") != vgg.name:
             raise SystemExit(f"{a.net}: trained at {made.get('size')} px with {made.get('extractor')}; "
                              f"score it with --size {made.get('size')} and its weights")  # fmt: skip
-        res["trained_on"] = made.get("trained_on")
-        res["net"] = str(a.net)
+        # folder names only: the results are published, the paths are this machine's
+        trained = made.get("trained_on") or {"folder": "?", "photos": 0}  # a net saved before it was recorded
+        res["trained_on"] = trained | {"folder": Path(trained["folder"]).name}
+        res["net"] = a.net.name
     else:
         q = p.model_copy(update={"fast_steps": a.train_steps})
         t0 = time.perf_counter()
